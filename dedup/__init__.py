@@ -1,0 +1,1 @@
+"""Perceptual hashing, evaluation-set indexes and near-duplicate search."""

@@ -1,0 +1,1 @@
+"""Prefect flows (``build-wit``) and the ``wit`` command line. Thin: the work lives in the libraries."""

@@ -1,0 +1,9 @@
+"""The one exception type users see as a clean, one-line error."""
+
+
+class WitError(Exception):
+    """A problem with the user's input or environment, reported as one line (no traceback).
+
+    The message must name the file, record or setting at fault, e.g.
+    ``candidates/part-00000.parquet: no 'caption' column``.
+    """

@@ -1,0 +1,1 @@
+"""open_clip training launch, zero-shot evaluation and the CLIP overlap analysis."""
