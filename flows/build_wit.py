@@ -1,0 +1,61 @@
+"""The ``build-wit`` Prefect flow: the stages of a WIT build chained as tasks.
+
+Thin on purpose: each task calls one function of ``flows.stages``. Run it with no server via
+``wit build --config FILE`` (ephemeral), or serve it as a deployment (``wit serve``) so that
+``prefect deployment run build-wit/<name>`` works against ``prefect server start``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows import stages
+from flows.config import BuildConfig, build_config
+from pipeline.errors import WitError
+from pipeline.report import funnel_lines, overlap_lines
+
+# Retries where a failure can be transient: downloads (network, a lost Ray worker) and training
+# (a killed trainer resumes from its latest checkpoint). Pure CPU stages fail the same way twice.
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only failures that may pass: a WitError (bad input or config) fails the same way again."""
+    return not isinstance(state.result(raise_on_failure=False), WitError)
+
+
+# Stages resume from their own outputs, so Prefect's result cache is not used (NO_CACHE).
+crawl_task = task(stages.crawl, name="crawl", cache_policy=NO_CACHE)
+filter_task = task(stages.filter_pairs, name="filter", cache_policy=NO_CACHE)
+eval_index_task = task(stages.eval_index, name="eval-index", cache_policy=NO_CACHE)
+download_task = task(stages.download, name="download", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+train_task = task(stages.train, name="train", retries=1, retry_delay_seconds=5, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+overlap_task = task(stages.overlap, name="overlap", cache_policy=NO_CACHE)
+report_task = task(stages.report, name="report", cache_policy=NO_CACHE)
+
+TASKS = {
+    "crawl": crawl_task, "filter": filter_task, "eval_index": eval_index_task, "download": download_task,
+    "train": train_task, "overlap": overlap_task, "report": report_task,
+}
+
+
+def _publish(report: dict[str, Any]) -> None:
+    """Attach the funnel and the overlap analysis to the flow run as a markdown artifact."""
+    body = ["## Funnel", "", "```", *funnel_lines(report), "```", "", "## Overlap analysis", "",
+            *(f"- {line}" for line in overlap_lines(report) or ["(not run)"])]
+    create_markdown_artifact(key="build-wit-report", markdown="\n".join(body),
+                             description=f"wit-builder build {report['build_dir']}")
+
+
+@flow(name="build-wit", log_prints=True)
+def build_wit(config: dict[str, Any] | None = None, config_path: str | None = None) -> dict[str, Any]:
+    """Build a WIT-style dataset (and train on it) as configured; returns each stage's result."""
+    cfg: BuildConfig = build_config(config, config_path)
+    logger = get_run_logger()
+    results: dict[str, Any] = {}
+    for name in cfg.stages:
+        logger.info("stage %s", name)
+        results[name] = TASKS[name](cfg)
+    if "report" in results:
+        _publish(results["report"])
+    return results

@@ -1,0 +1,258 @@
+"""``wit``: one command, one subcommand per stage, plus ``wit build`` (the whole chain as the
+``build-wit`` Prefect flow), ``wit demo`` (the 1k-pair sample end to end) and ``wit serve``
+(a served deployment for ``prefect deployment run build-wit/<name>``).
+
+Errors in the user's input end as one line on stderr (exit 2), never a traceback wall.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.config import add_config_args, config_from_args
+from pipeline.errors import WitError
+
+# No network but package registries: telemetry and update checks off before anything imports them.
+QUIET_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "WANDB_MODE": "disabled",
+    "HF_HUB_OFFLINE": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    """Parse NAME=PATH items."""
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise WitError(f"{what}: expected NAME=PATH, got {item!r}")
+        out[name] = path
+    return out
+
+
+# ---- stage subcommands -------------------------------------------------------------------------
+
+def cmd_crawl(args: argparse.Namespace) -> None:
+    from pipeline.crawl import CrawlConfig, run_crawl
+
+    stats = run_crawl(args.inputs, args.out, config_from_args(CrawlConfig, args))
+    _print_json(stats.to_dict())
+
+
+def cmd_filter(args: argparse.Namespace) -> None:
+    from pipeline.filter import FilterConfig, run_filter
+
+    _print_json(run_filter(args.input, args.out, config_from_args(FilterConfig, args)).to_dict())
+
+
+def cmd_eval_index(args: argparse.Namespace) -> None:
+    from dedup.index import build_eval_index
+
+    _print_json(build_eval_index(args.name, args.path, args.out).to_dict())
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from pipeline.download import DownloadConfig, run_download
+
+    indexes = {name: Path(p) for name, p in _pairs(args.eval_index, "--eval-index").items()}
+    stats = run_download(args.input, args.shards, config_from_args(DownloadConfig, args),
+                         eval_indexes=indexes, overlap_dir=args.overlap_dir)
+    _print_json(stats.to_dict())
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from training.train import TrainConfig, run_train
+
+    _print_json(dataclasses.asdict(run_train(args.shards, args.out, config_from_args(TrainConfig, args))))
+
+
+def cmd_overlap(args: argparse.Namespace) -> None:
+    from training.overlap import run_overlap
+    from training.train import latest_checkpoint
+
+    checkpoint, model = args.checkpoint, args.model
+    if checkpoint is None:
+        checkpoint, model = latest_checkpoint(args.train_dir)
+    _print_json(run_overlap(checkpoint, model, _pairs(args.eval, "--eval"), args.overlap_parquet,
+                            args.reports, templates=args.templates))
+
+
+def cmd_stats(args: argparse.Namespace) -> None:
+    from pipeline.report import funnel_lines, overlap_lines, write_report
+
+    report = write_report(args.build_dir)
+    print("\n".join(funnel_lines(report) + overlap_lines(report)))
+
+
+# ---- whole builds ------------------------------------------------------------------------------
+
+def cmd_build(args: argparse.Namespace) -> None:
+    from flows.build_wit import build_wit
+    from flows.config import build_config
+
+    overrides: dict[str, Any] = {}
+    if args.build_dir:
+        overrides["build_dir"] = args.build_dir
+    if args.stages:
+        overrides["stages"] = args.stages
+    cfg = build_config(overrides, args.config)  # validate before Prefect starts
+    build_wit(config=overrides, config_path=args.config)
+    _print_summary(cfg.build_dir)
+
+
+def _print_summary(build_dir: str) -> None:
+    from pipeline.report import build_report, funnel_lines, overlap_lines
+
+    report = build_report(build_dir)
+    print("\n".join(["", "Funnel:", *funnel_lines(report), "", *overlap_lines(report), "",
+                     f"Reports: {Path(build_dir) / 'reports'} (stats.json, stats.md, dashboard.html, overlap.json)"]))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from flows.demo import run_demo
+
+    run_demo(Path(args.out), n_pairs=args.pairs, port=args.port, seed=args.seed, stages=args.stages)
+    _print_summary(str(Path(args.out)))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from flows.build_wit import build_wit
+
+    params = {"config_path": str(Path(args.config).resolve())} if args.config else {}
+    print(f"serving deployment build-wit/{args.name}; start runs with: "
+          f"prefect deployment run build-wit/{args.name}", flush=True)
+    build_wit.serve(name=args.name, parameters=params)
+
+
+def cmd_miniweb_generate(args: argparse.Namespace) -> None:
+    from pipeline.miniweb import generate_miniweb
+
+    web = generate_miniweb(args.root, args.base_url, n_pairs=args.pairs, seed=args.seed)
+    print(f"mini-web written to {args.root} ({web})")
+
+
+def cmd_miniweb_serve(args: argparse.Namespace) -> None:
+    from pipeline.miniweb import serve_forever
+
+    serve_forever(args.root, host=args.host, port=args.port)
+
+
+# ---- parser ------------------------------------------------------------------------------------
+
+def _sub(subs: Any, name: str, func: Callable, help: str, config: type | None = None) -> argparse.ArgumentParser:
+    p = subs.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.set_defaults(func=func)
+    if config is not None:
+        add_config_args(p, config)
+    return p
+
+
+def _stage_parsers(subs: Any) -> None:
+    from pipeline.crawl import CrawlConfig
+    from pipeline.download import DownloadConfig
+    from pipeline.filter import FilterConfig
+    from training.train import TrainConfig
+
+    p = _sub(subs, "crawl", cmd_crawl, "Extract <img> alt-text candidates from WARC/WAT archives.", CrawlConfig)
+    p.add_argument("inputs", nargs="+", help="WARC/WAT files (gzipped or plain) or globs")
+    p.add_argument("--out", default="candidates", help="output folder of candidate parquet parts")
+    p = _sub(subs, "filter", cmd_filter, "Drop file-name, non-English, too short/long and duplicate captions.",
+             FilterConfig)
+    p.add_argument("input", help="candidates folder (parquet parts with url, caption)")
+    p.add_argument("out", help="output folder: OUT/kept and OUT/rejected")
+    p = _sub(subs, "eval-index", cmd_eval_index, "Perceptually hash an evaluation set (ImageFolder).")
+    p.add_argument("name", help="eval set name, e.g. cifar10")
+    p.add_argument("path", help="ImageFolder root (one folder per class)")
+    p.add_argument("--out", default="eval", help="index folder; writes OUT/NAME/index.parquet")
+    p = _sub(subs, "download", cmd_download, "Download, resize and hash images on Ray into WebDataset shards.",
+             DownloadConfig)
+    p.add_argument("input", help="kept pairs folder (parquet with url, caption)")
+    p.add_argument("shards", help="output shards folder")
+    p.add_argument("--eval-index", nargs="*", metavar="NAME=DIR", help="eval indexes to dedup against")
+    p.add_argument("--overlap-dir", default="overlap", help="where overlap.parquet is written")
+    p = _sub(subs, "train", cmd_train, "Contrastive training with open_clip on the shards.", TrainConfig)
+    p.add_argument("shards", help="shards folder (with sizes.json)")
+    p.add_argument("out", help="training output folder (logs, checkpoints, results.jsonl)")
+    p = _sub(subs, "overlap", cmd_overlap, "Zero-shot accuracy on All / Clean / Overlap subsets (CLIP sec. 5).")
+    p.add_argument("--eval", nargs="+", required=True, metavar="NAME=FOLDER", help="eval sets (ImageFolder)")
+    p.add_argument("--overlap-parquet", default="overlap/overlap.parquet", help="dedup results")
+    p.add_argument("--train-dir", default="train", help="take the latest checkpoint from here")
+    p.add_argument("--checkpoint", help="a checkpoint file instead of --train-dir")
+    p.add_argument("--model", help="open_clip model name of --checkpoint")
+    p.add_argument("--templates", default="simple", help="'simple' or 'openai' prompt templates")
+    p.add_argument("--reports", default="reports", help="where overlap.json and overlap.md are written")
+
+
+def _build_parsers(subs: Any) -> None:
+    p = _sub(subs, "stats", cmd_stats, "Write and print the funnel of a build directory.")
+    p.add_argument("build_dir", help="build directory")
+    p = _sub(subs, "build", cmd_build, "Run the build-wit Prefect flow (no server needed) from a config file.")
+    p.add_argument("--config", required=True, help="YAML/JSON build config (see configs/)")
+    p.add_argument("--build-dir", help="override the config's build_dir")
+    p.add_argument("--stages", nargs="+", help="run only these stages")
+    p = _sub(subs, "demo", cmd_demo, "Generate the 1k-pair mini-web, serve it on 127.0.0.1 and build it end to end.")
+    p.add_argument("--out", default="runs/demo", help="build directory (the mini-web goes to OUT/web)")
+    p.add_argument("--pairs", type=int, default=1000, help="candidate pairs in the mini-web")
+    p.add_argument("--port", type=int, default=8765, help="mini-web server port (0: any free port)")
+    p.add_argument("--seed", type=int, default=0, help="mini-web generation seed")
+    p.add_argument("--stages", nargs="+", help="run only these stages")
+    p = _sub(subs, "serve", cmd_serve, "Serve the build-wit flow as a deployment for `prefect deployment run`.")
+    p.add_argument("--name", default="default", help="deployment name: build-wit/NAME")
+    p.add_argument("--config", help="default config_path parameter of the deployment's runs")
+    mw = _sub(subs, "mini-web", lambda a: mw.print_help(), "Generate or serve the synthetic mini-web.")
+    mws = mw.add_subparsers(dest="miniweb_cmd")
+    p = _sub(mws, "generate", cmd_miniweb_generate, "Write images, archives, eval set and manifest.")
+    p.add_argument("root")
+    p.add_argument("--base-url", required=True, help="URL the server will have, e.g. http://127.0.0.1:8765")
+    p.add_argument("--pairs", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p = _sub(mws, "serve", cmd_miniweb_serve, "Serve ROOT/web over HTTP until Ctrl-C.")
+    p.add_argument("root")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _stage_parsers(subs)
+    _build_parsers(subs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        args.func(args)
+    except WitError as exc:
+        print(f"wit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"wit {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The build's funnel: every candidate accounted for, from the stages' own ``_stats.json`` files.
+
+``build_report(build_dir)`` reads what each stage wrote (never logs), checks that the sums add up and
+returns the report; ``write_report`` stores it as ``reports/stats.json``, ``reports/stats.md`` and a
+static ``reports/dashboard.html``.
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from pipeline.io import atomic_path, read_json, write_json
+from pipeline.stats import STATS_FILE, StageStats
+
+STAGE_DIRS = {"crawl": "candidates", "filter": "pairs", "download": "shards"}
+
+
+def _stage(build: Path, name: str) -> StageStats | None:
+    path = build / STAGE_DIRS[name] / STATS_FILE
+    return StageStats.read(path.parent) if path.is_file() else None
+
+
+def _eval_duplicates(build: Path) -> dict[str, int]:
+    path = build / "overlap" / "overlap.parquet"
+    if not path.is_file():
+        return {}
+    table = pq.read_table(path, columns=["eval_set", "key"]).to_pylist()
+    per_set: dict[str, set] = {}
+    for row in table:
+        per_set.setdefault(row["eval_set"], set()).add(row["key"])
+    return {name: len(keys) for name, keys in sorted(per_set.items())}
+
+
+def _shards(build: Path) -> tuple[int, int]:
+    sizes_path = build / "shards" / "sizes.json"
+    if not sizes_path.is_file():
+        return 0, 0
+    sizes = read_json(sizes_path)
+    return len(sizes), sum(sizes.values())
+
+
+def _funnel(build: Path) -> dict[str, Any]:
+    crawl, filt, down = (_stage(build, s) for s in ("crawl", "filter", "download"))
+    n_shards, n_samples = _shards(build)
+    return {
+        "img_tags_seen": crawl.inputs if crawl else None,
+        "img_tags_dropped": dict(crawl.dropped) if crawl else {},
+        "candidates": crawl.kept if crawl else (filt.inputs if filt else None),
+        "kept": filt.kept if filt else None,
+        "rejected": dict(sorted(filt.dropped.items())) if filt else {},
+        "downloaded": down.kept if down else None,
+        "failed": dict(sorted(down.dropped.items())) if down else {},
+        "eval_duplicates": _eval_duplicates(build),
+        "shards": n_shards,
+        "samples": n_samples,
+    }
+
+
+def _checks(f: dict[str, Any]) -> dict[str, bool]:
+    """The funnel's sums; a check is present only when both of its stages ran."""
+    checks = {}
+    if f["candidates"] is not None and f["kept"] is not None:
+        checks["candidates == kept + rejected"] = f["candidates"] == f["kept"] + sum(f["rejected"].values())
+    if f["kept"] is not None and f["downloaded"] is not None:
+        checks["kept == downloaded + failed"] = f["kept"] == f["downloaded"] + sum(f["failed"].values())
+    if f["downloaded"] is not None and f["shards"]:
+        checks["downloaded == samples in shards"] = f["downloaded"] == f["samples"]
+    return checks
+
+
+def _train_results(build: Path) -> list[dict[str, Any]]:
+    path = build / "train" / "results.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def build_report(build_dir: str | Path) -> dict[str, Any]:
+    """The funnel, its checks, the overlap analysis and training results of a build directory."""
+    build = Path(build_dir)
+    funnel = _funnel(build)
+    overlap_path = build / "reports" / "overlap.json"
+    return {
+        "build_dir": str(build),
+        "funnel": funnel,
+        "checks": _checks(funnel),
+        "overlap": read_json(overlap_path) if overlap_path.is_file() else None,
+        "train": _train_results(build),
+    }
+
+
+def funnel_lines(report: dict[str, Any]) -> list[str]:
+    """The funnel as aligned text lines, for the terminal and the markdown report."""
+    f = report["funnel"]
+    rows = [("candidates", f["candidates"])]
+    rows += [(f"  rejected: {k}", v) for k, v in f["rejected"].items()]
+    rows += [("kept", f["kept"])]
+    rows += [(f"  failed: {k}", v) for k, v in f["failed"].items()]
+    rows += [("downloaded", f["downloaded"])]
+    rows += [(f"  eval near-duplicates ({k})", v) for k, v in f["eval_duplicates"].items()]
+    rows += [("shards", f["shards"]), ("samples", f["samples"])]
+    lines = [f"{name:<40} {'-' if value is None else value:>8}" for name, value in rows]
+    lines += [f"check {name}: {'ok' if ok else 'MISMATCH'}" for name, ok in report["checks"].items()]
+    return lines
+
+
+def overlap_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, r in (report.get("overlap") or {}).items():
+        def pct(x: Any) -> str:
+            return "-" if x is None else f"{100 * x:.1f}%"
+        lines.append(f"{name}: n_all={r['n_all']} n_overlap={r['n_overlap']} acc_all={pct(r['acc_all'])} "
+                     f"acc_clean={pct(r['acc_clean'])} acc_overlap={pct(r['acc_overlap'])}")
+    return lines
+
+
+def _dashboard_html(report: dict[str, Any]) -> str:
+    f = report["funnel"]
+    top = max([v for v in (f["candidates"], f["kept"], f["downloaded"]) if v] or [1])
+    bars = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{value}</td><td><div style='background:#4a7;height:14px;"
+        f"width:{int(400 * (value or 0) / top)}px'></div></td></tr>"
+        for name, value in (("candidates", f["candidates"]), ("kept", f["kept"]), ("downloaded", f["downloaded"]),
+                            ("samples in shards", f["samples"])))
+    reasons = "".join(f"<tr><td>{stage}</td><td>{html.escape(k)}</td><td>{v}</td></tr>"
+                      for stage, key in (("filter", "rejected"), ("download", "failed"))
+                      for k, v in f[key].items())
+    checks = "".join(f"<li>{html.escape(k)}: {'ok' if v else 'MISMATCH'}</li>" for k, v in report["checks"].items())
+    overlap = "".join(f"<li>{html.escape(line)}</li>" for line in overlap_lines(report))
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>wit-builder: {html.escape(report['build_dir'])}"
+            f"</title></head><body style='font-family:sans-serif'><h1>Build {html.escape(report['build_dir'])}</h1>"
+            f"<h2>Funnel</h2><table>{bars}</table><h2>Drops by reason</h2><table><tr><th>stage</th><th>reason</th>"
+            f"<th>rows</th></tr>{reasons}</table><h2>Checks</h2><ul>{checks}</ul><h2>Overlap analysis</h2>"
+            f"<ul>{overlap}</ul></body></html>\n")
+
+
+def write_report(build_dir: str | Path) -> dict[str, Any]:
+    """Compute the report and write ``reports/stats.json``, ``stats.md`` and ``dashboard.html``."""
+    report = build_report(build_dir)
+    reports = Path(build_dir) / "reports"
+    write_json(reports / "stats.json", report)
+    md = ["# Build statistics", "", "```", *funnel_lines(report), "```", "", *overlap_lines(report), ""]
+    with atomic_path(reports / "stats.md") as tmp:
+        tmp.write_text("\n".join(md))
+    with atomic_path(reports / "dashboard.html") as tmp:
+        tmp.write_text(_dashboard_html(report))
+    return report
