@@ -51,13 +51,13 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
         if tp is bool:
-            group.add_argument(opt, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            group.add_argument(opt, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         elif tp in (list, tuple):
-            group.add_argument(opt, dest=f.name, nargs="+", default=None, help=help_text)
+            group.add_argument(opt, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text)
         elif tp is dict:
-            group.add_argument(opt, dest=f.name, type=json.loads, default=None, help=help_text + " as JSON")
+            group.add_argument(opt, dest=f.name, type=json.loads, default=argparse.SUPPRESS, help=help_text + " as JSON")
         else:
-            group.add_argument(opt, dest=f.name, type=tp, default=None, help=help_text)
+            group.add_argument(opt, dest=f.name, type=tp, default=argparse.SUPPRESS, help=help_text)
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace, base: C | None = None) -> C:

@@ -1,0 +1,88 @@
+"""Typed configs (dict, file, CLI) and the funnel report's accounting."""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from flows.cli import main
+from flows.config import BuildConfig, build_config
+from pipeline.config import add_config_args, config_from_args, config_from_dict
+from pipeline.errors import WitError
+from pipeline.filter import FilterConfig
+from pipeline.report import build_report, funnel_lines, write_report
+from pipeline.stats import StageStats
+
+
+def test_nested_config_from_dict_overrides_only_given_fields(tmp_path: Path) -> None:
+    (tmp_path / "eval").mkdir()
+    cfg = config_from_dict(BuildConfig, {"build_dir": "b", "inputs": ["x.warc"], "eval_sets": {"e": str(tmp_path / "eval")},
+                                         "filter": {"languages": ["en", "fr"]}})
+    assert cfg.filter.languages == ("en", "fr")
+    assert cfg.filter.min_chars == FilterConfig().min_chars
+    assert cfg.validate() is cfg
+
+
+def test_unknown_option_is_one_line_error() -> None:
+    with pytest.raises(WitError, match="unknown option.*lenguages"):
+        config_from_dict(BuildConfig, {"filter": {"lenguages": ["en"]}})
+
+
+def test_missing_eval_folder_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(WitError, match="eval set 'cifar'.*folder not found"):
+        build_config({"inputs": ["a.warc.gz"], "eval_sets": {"cifar": str(tmp_path / "nope")}})
+
+
+def test_config_file_errors_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("inputs: [unclosed\n")
+    with pytest.raises(WitError, match="bad.yaml"):
+        build_config(path=str(bad))
+    with pytest.raises(WitError, match="not found"):
+        build_config(path=str(tmp_path / "missing.yaml"))
+
+
+def test_cli_options_map_to_config_fields() -> None:
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, FilterConfig)
+    args = parser.parse_args(["--languages", "en", "de", "--min-chars", "3"])
+    cfg = config_from_args(FilterConfig, args)
+    assert cfg.languages == ("en", "de") and cfg.min_chars == 3
+    assert cfg.max_chars == FilterConfig().max_chars
+
+
+def test_cli_bad_input_exits_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["build", "--config", str(tmp_path / "nope.yaml")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "nope.yaml" in err
+
+
+def _stage(folder: Path, stage: str, inputs: int, kept: int, dropped: dict) -> None:
+    StageStats(stage=stage, inputs=inputs, kept=kept, dropped=Counter(dropped)).write(folder)
+
+
+def test_report_funnel_checks_add_up(tmp_path: Path) -> None:
+    _stage(tmp_path / "candidates", "crawl", 120, 100, {"no_caption": 20})
+    _stage(tmp_path / "pairs", "filter", 100, 80, {"filename": 12, "language": 8})
+    _stage(tmp_path / "shards", "download", 80, 70, {"http_404": 10})
+    (tmp_path / "shards" / "sizes.json").write_text(json.dumps({"00000.tar": 50, "00001.tar": 20}))
+    (tmp_path / "overlap").mkdir()
+    pq.write_table(pa.table({"eval_set": ["e", "e", "e"], "eval_id": ["a/1.jpg", "a/2.jpg", "b/1.jpg"],
+                             "key": ["k1", "k1", "k2"], "distance": [1, 3, 0]}), tmp_path / "overlap" / "overlap.parquet")
+    report = write_report(tmp_path)
+    assert report["funnel"]["eval_duplicates"] == {"e": 2}
+    assert report["checks"] == {"candidates == kept + rejected": True, "kept == downloaded + failed": True,
+                                "downloaded == samples in shards": True}
+    assert (tmp_path / "reports" / "stats.json").is_file() and (tmp_path / "reports" / "dashboard.html").is_file()
+    assert any("rejected: filename" in line for line in funnel_lines(report))
+
+
+def test_report_flags_a_leak(tmp_path: Path) -> None:
+    _stage(tmp_path / "candidates", "crawl", 100, 100, {})
+    _stage(tmp_path / "pairs", "filter", 100, 80, {"filename": 12})  # 8 rows unaccounted
+    assert build_report(tmp_path)["checks"]["candidates == kept + rejected"] is False
