@@ -6,6 +6,7 @@ Thin on purpose: each task calls one function of ``flows.stages``. Run it with n
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -19,6 +20,19 @@ from pipeline.report import funnel_lines, overlap_lines
 
 # Retries where a failure can be transient: downloads (network, a lost Ray worker) and training
 # (a killed trainer resumes from its latest checkpoint). Pure CPU stages fail the same way twice.
+class _OneLineWitErrors(logging.Filter):
+    """Prefect logs failed task and flow runs with a traceback; a WitError is bad input, so one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], WitError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _name in ("prefect.task_runs", "prefect.flow_runs"):
+    logging.getLogger(_name).addFilter(_OneLineWitErrors())
+
+
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry only failures that may pass: a WitError (bad input or config) fails the same way again."""
     return not isinstance(state.result(raise_on_failure=False), WitError)
@@ -27,6 +41,7 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
 # Stages resume from their own outputs, so Prefect's result cache is not used (NO_CACHE).
 crawl_task = task(stages.crawl, name="crawl", cache_policy=NO_CACHE)
 filter_task = task(stages.filter_pairs, name="filter", cache_policy=NO_CACHE)
+balance_task = task(stages.balance, name="balance", cache_policy=NO_CACHE)
 eval_index_task = task(stages.eval_index, name="eval-index", cache_policy=NO_CACHE)
 download_task = task(stages.download, name="download", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient, cache_policy=NO_CACHE)
 train_task = task(stages.train, name="train", retries=1, retry_delay_seconds=5, retry_condition_fn=_transient, cache_policy=NO_CACHE)
@@ -34,7 +49,7 @@ overlap_task = task(stages.overlap, name="overlap", cache_policy=NO_CACHE)
 report_task = task(stages.report, name="report", cache_policy=NO_CACHE)
 
 TASKS = {
-    "crawl": crawl_task, "filter": filter_task, "eval_index": eval_index_task, "download": download_task,
+    "crawl": crawl_task, "filter": filter_task, "balance": balance_task, "eval_index": eval_index_task, "download": download_task,
     "train": train_task, "overlap": overlap_task, "report": report_task,
 }
 

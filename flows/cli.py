@@ -57,6 +57,24 @@ def cmd_filter(args: argparse.Namespace) -> None:
     _print_json(run_filter(args.input, args.out, config_from_args(FilterConfig, args)).to_dict())
 
 
+def cmd_balance(args: argparse.Namespace) -> None:
+    from pipeline.balance import BalanceConfig, run_balance
+
+    _print_json(run_balance(args.input, args.out, config_from_args(BalanceConfig, args)).to_dict())
+
+
+def cmd_queries(args: argparse.Namespace) -> None:
+    from pipeline.queries import build_queries, load_queries
+
+    corpus = None
+    if args.corpus:
+        import pyarrow.dataset as ds
+
+        corpus = (c for b in ds.dataset(args.corpus).to_batches(columns=["caption"]) for c in b.column(0).to_pylist() if c)
+    queries = build_queries(args.out, args.unigrams, args.bigrams, corpus=corpus)
+    print(f"{len(queries)} queries written to {args.out} ({len(load_queries(args.out))} read back)")
+
+
 def cmd_eval_index(args: argparse.Namespace) -> None:
     from dedup.index import build_eval_index
 
@@ -162,6 +180,7 @@ def _sub(subs: Any, name: str, func: Callable, help: str, config: type | None = 
 
 
 def _stage_parsers(subs: Any) -> None:
+    from pipeline.balance import BalanceConfig
     from pipeline.crawl import CrawlConfig
     from pipeline.download import DownloadConfig
     from pipeline.filter import FilterConfig
@@ -174,6 +193,15 @@ def _stage_parsers(subs: Any) -> None:
              FilterConfig)
     p.add_argument("input", help="candidates folder (parquet parts with url, caption)")
     p.add_argument("out", help="output folder: OUT/kept and OUT/rejected")
+    p = _sub(subs, "balance", cmd_balance, "WIT balancing: keep pairs matching a query, at most ~t per query.",
+             BalanceConfig)
+    p.add_argument("input", help="kept pairs folder (parquet with uid, caption)")
+    p.add_argument("out", help="output folder of balanced parts (+ _queries/query_counts.parquet)")
+    p = _sub(subs, "queries", cmd_queries, "Build a query list offline from wordfreq (+ PMI bigrams of a corpus).")
+    p.add_argument("out", help="query list to write: .json (MetaCLIP metadata.json style) or .txt")
+    p.add_argument("--unigrams", type=int, default=200_000, help="most frequent English words to take")
+    p.add_argument("--bigrams", type=int, default=100_000, help="highest-PMI bigrams to take from --corpus")
+    p.add_argument("--corpus", help="parquet folder with a caption column to mine bigrams from")
     p = _sub(subs, "eval-index", cmd_eval_index, "Perceptually hash an evaluation set (ImageFolder).")
     p.add_argument("name", help="eval set name, e.g. cifar10")
     p.add_argument("path", help="ImageFolder root (one folder per class)")

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import config_from_dict, field, load_config_file
+from pipeline.balance import BalanceConfig
 from pipeline.crawl import CrawlConfig
 from pipeline.download import DownloadConfig
 from pipeline.errors import WitError
 from pipeline.filter import FilterConfig
 from training.train import TrainConfig
 
-STAGES = ("crawl", "filter", "eval_index", "download", "train", "overlap", "report")
+STAGES = ("crawl", "filter", "balance", "eval_index", "download", "train", "overlap", "report")
 
 
 @dataclasses.dataclass
@@ -33,6 +34,7 @@ class BuildConfig:
     stages: list = field(list(STAGES), help=f"stages to run, in order, from {', '.join(STAGES)}")
     crawl: CrawlConfig = dataclasses.field(default_factory=CrawlConfig)
     filter: FilterConfig = dataclasses.field(default_factory=FilterConfig)
+    balance: BalanceConfig = dataclasses.field(default_factory=BalanceConfig)
     download: DownloadConfig = dataclasses.field(default_factory=DownloadConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     overlap: OverlapConfig = dataclasses.field(default_factory=OverlapConfig)
@@ -40,6 +42,13 @@ class BuildConfig:
     def path(self, name: str) -> Path:
         """A folder of the build directory: candidates, pairs, eval, shards, overlap, train, reports."""
         return Path(self.build_dir) / name
+
+    def download_input(self) -> Path:
+        """The pairs the download stage reads: balanced when the build balances, else the filter's kept."""
+        balanced = self.path("balanced")
+        if "balance" in self.stages or (balanced / "_stats.json").is_file():
+            return balanced
+        return self.path("pairs") / "kept"
 
     def validate(self) -> "BuildConfig":
         unknown = sorted(set(self.stages) - set(STAGES))

@@ -23,6 +23,12 @@ def filter_pairs(cfg: BuildConfig) -> dict[str, Any]:
     return run_filter(cfg.path("candidates"), cfg.path("pairs"), cfg.filter).to_dict()
 
 
+def balance(cfg: BuildConfig) -> dict[str, Any]:
+    from pipeline.balance import run_balance
+
+    return run_balance(cfg.path("pairs") / "kept", cfg.path("balanced"), cfg.balance).to_dict()
+
+
 def eval_index(cfg: BuildConfig) -> dict[str, Any]:
     from dedup.index import build_eval_index
 
@@ -41,7 +47,7 @@ def _eval_indexes(cfg: BuildConfig) -> dict[str, Path]:
 def download(cfg: BuildConfig) -> dict[str, Any]:
     from pipeline.download import run_download
 
-    stats = run_download(cfg.path("pairs") / "kept", cfg.path("shards"), cfg.download,
+    stats = run_download(cfg.download_input(), cfg.path("shards"), cfg.download,
                          eval_indexes=_eval_indexes(cfg), overlap_dir=cfg.path("overlap"))
     return stats.to_dict()
 

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.stats import STATS_FILE, StageStats
 
-STAGE_DIRS = {"crawl": "candidates", "filter": "pairs", "download": "shards"}
+STAGE_DIRS = {"crawl": "candidates", "filter": "pairs", "balance": "balanced", "download": "shards"}
 
 
 def _stage(build: Path, name: str) -> StageStats | None:
@@ -44,7 +44,7 @@ def _shards(build: Path) -> tuple[int, int]:
 
 
 def _funnel(build: Path) -> dict[str, Any]:
-    crawl, filt, down = (_stage(build, s) for s in ("crawl", "filter", "download"))
+    crawl, filt, bal, down = (_stage(build, s) for s in ("crawl", "filter", "balance", "download"))
     n_shards, n_samples = _shards(build)
     return {
         "img_tags_seen": crawl.inputs if crawl else None,
@@ -52,6 +52,8 @@ def _funnel(build: Path) -> dict[str, Any]:
         "candidates": crawl.kept if crawl else (filt.inputs if filt else None),
         "kept": filt.kept if filt else None,
         "rejected": dict(sorted(filt.dropped.items())) if filt else {},
+        "balanced": bal.kept if bal else None,
+        "unbalanced": dict(sorted(bal.dropped.items())) if bal else {},
         "downloaded": down.kept if down else None,
         "failed": dict(sorted(down.dropped.items())) if down else {},
         "eval_duplicates": _eval_duplicates(build),
@@ -65,8 +67,12 @@ def _checks(f: dict[str, Any]) -> dict[str, bool]:
     checks = {}
     if f["candidates"] is not None and f["kept"] is not None:
         checks["candidates == kept + rejected"] = f["candidates"] == f["kept"] + sum(f["rejected"].values())
-    if f["kept"] is not None and f["downloaded"] is not None:
-        checks["kept == downloaded + failed"] = f["kept"] == f["downloaded"] + sum(f["failed"].values())
+    to_download = f["kept"] if f["balanced"] is None else f["balanced"]
+    if f["balanced"] is not None and f["kept"] is not None:
+        checks["kept == balanced + unbalanced"] = f["kept"] == f["balanced"] + sum(f["unbalanced"].values())
+    if to_download is not None and f["downloaded"] is not None:
+        name = "kept" if f["balanced"] is None else "balanced"
+        checks[f"{name} == downloaded + failed"] = to_download == f["downloaded"] + sum(f["failed"].values())
     if f["downloaded"] is not None and f["shards"]:
         checks["downloaded == samples in shards"] = f["downloaded"] == f["samples"]
     return checks
@@ -99,6 +105,9 @@ def funnel_lines(report: dict[str, Any]) -> list[str]:
     rows = [("candidates", f["candidates"])]
     rows += [(f"  rejected: {k}", v) for k, v in f["rejected"].items()]
     rows += [("kept", f["kept"])]
+    if f["balanced"] is not None:
+        rows += [(f"  balance: {k}", v) for k, v in f["unbalanced"].items()]
+        rows += [("balanced", f["balanced"])]
     rows += [(f"  failed: {k}", v) for k, v in f["failed"].items()]
     rows += [("downloaded", f["downloaded"])]
     rows += [(f"  eval near-duplicates ({k})", v) for k, v in f["eval_duplicates"].items()]
@@ -124,10 +133,11 @@ def _dashboard_html(report: dict[str, Any]) -> str:
     bars = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{value}</td><td><div style='background:#4a7;height:14px;"
         f"width:{int(400 * (value or 0) / top)}px'></div></td></tr>"
-        for name, value in (("candidates", f["candidates"]), ("kept", f["kept"]), ("downloaded", f["downloaded"]),
+        for name, value in (("candidates", f["candidates"]), ("kept", f["kept"]), ("balanced", f["balanced"]),
+                            ("downloaded", f["downloaded"]),
                             ("samples in shards", f["samples"])))
     reasons = "".join(f"<tr><td>{stage}</td><td>{html.escape(k)}</td><td>{v}</td></tr>"
-                      for stage, key in (("filter", "rejected"), ("download", "failed"))
+                      for stage, key in (("filter", "rejected"), ("balance", "unbalanced"), ("download", "failed"))
                       for k, v in f[key].items())
     checks = "".join(f"<li>{html.escape(k)}: {'ok' if v else 'MISMATCH'}</li>" for k, v in report["checks"].items())
     overlap = "".join(f"<li>{html.escape(line)}</li>" for line in overlap_lines(report))

@@ -86,3 +86,20 @@ def test_report_flags_a_leak(tmp_path: Path) -> None:
     _stage(tmp_path / "candidates", "crawl", 100, 100, {})
     _stage(tmp_path / "pairs", "filter", 100, 80, {"filename": 12})  # 8 rows unaccounted
     assert build_report(tmp_path)["checks"]["candidates == kept + rejected"] is False
+
+
+def test_bad_archive_in_flow_ends_in_one_line_without_traceback(tmp_path: Path) -> None:
+    """A WitError inside a Prefect task: no traceback wall, exit 2, no part written as complete."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "trunc.warc.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 40)
+    config = tmp_path / "build.yaml"
+    config.write_text(f"build_dir: {tmp_path / 'b'}\ninputs: [{bad}]\nstages: [crawl, filter]\n")
+    run = subprocess.run([str(Path(sys.executable).parent / "wit"), "build", "--config", str(config)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert "Traceback" not in run.stdout + run.stderr
+    assert "trunc.warc.gz" in run.stderr.strip().splitlines()[-1] or "trunc.warc.gz" in run.stderr
+    assert not list((tmp_path / "b" / "candidates").glob("*.parquet"))
