@@ -40,7 +40,7 @@ class TrainConfig:
     """Options of ``wit train``; the defaults train ``wit-tiny`` on CPU in a few minutes."""
 
     model: str = field("auto", help="open_clip model name; auto: ViT-B-32 on CUDA, wit-tiny on CPU")
-    epochs: int = field(30, help="passes over the shards")
+    epochs: int = field(15, help="passes over the shards")
     batch_size: int = field(64, help="batch size per device")
     lr: float = field(2e-3, help="peak learning rate (cosine schedule)")
     wd: float = field(0.1, help="AdamW weight decay")
@@ -68,6 +68,15 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """One-line errors for option values open_clip would fail on obscurely."""
+    for name in ("epochs", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise WitError(f"train: {name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.lr <= 0 or cfg.warmup < 0 or cfg.workers < 0:
+        raise WitError(f"train: need lr > 0, warmup >= 0 and workers >= 0 (got {cfg.lr}, {cfg.warmup}, {cfg.workers})")
 
 
 def read_shards(shards_dir: str | Path) -> tuple[list[str], int]:
@@ -212,10 +221,21 @@ def _previous_loss(out_dir: Path, checkpoint: Path) -> float | None:
     return runs[-1].get("final_loss") if runs else None
 
 
+def _latest_epoch(out_dir: Path) -> int:
+    """The epoch a resumed run starts from: that of ``epoch_latest.pt`` (0 when there is none)."""
+    latest = checkpoint_dir(out_dir) / "epoch_latest.pt"
+    if not latest.is_file():
+        return 0
+    import torch
+
+    return int(torch.load(latest, map_location="cpu", weights_only=True, mmap=True).get("epoch", 0))
+
+
 def run_train(shards_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = None,
               echo: Callable[[str], None] = _echo) -> TrainResult:
     """Train on ``shards_dir`` with open_clip into ``out_dir``; resume or skip a previous run there."""
     cfg = cfg or TrainConfig()
+    validate(cfg)
     names, n_samples = read_shards(shards_dir)
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -225,7 +245,9 @@ def run_train(shards_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | No
     final = checkpoint_dir(out_dir) / f"epoch_{cfg.epochs}.pt"
     done = finished_epochs(out_dir)
     if final.is_file():
-        return TrainResult(str(final), model, cfg.epochs, steps, steps * cfg.batch_size,
+        from training.zeroshot import model_name_from_run
+
+        return TrainResult(str(final), model_name_from_run(final) or model, cfg.epochs, steps, steps * cfg.batch_size,
                            _previous_loss(out_dir, final), start_epoch=cfg.epochs, skipped=True)
     if done and done[-1] > cfg.epochs:
         raise WitError(f"{checkpoint_dir(out_dir)}: already trained to epoch {done[-1]} > epochs={cfg.epochs}; "
@@ -244,11 +266,15 @@ def run_train(shards_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | No
     return result
 
 
-def _latest_epoch(out_dir: Path) -> int:
-    """The epoch a resumed run starts from: that of ``epoch_latest.pt`` (0 when there is none)."""
-    latest = checkpoint_dir(out_dir) / "epoch_latest.pt"
-    if not latest.is_file():
-        return 0
-    import torch
+def latest_checkpoint(train_dir: str | Path) -> tuple[str, str]:
+    """(checkpoint, model name) of the most-trained ``epoch_<n>.pt`` in a training folder of :func:`run_train`."""
+    from training.zeroshot import model_name_from_run
 
-    return int(torch.load(latest, map_location="cpu", weights_only=True, mmap=True).get("epoch", 0))
+    epochs = finished_epochs(train_dir)
+    if not epochs:
+        raise WitError(f"{checkpoint_dir(train_dir)}: no epoch_<n>.pt checkpoint (run the train stage first)")
+    checkpoint = checkpoint_dir(train_dir) / f"epoch_{epochs[-1]}.pt"
+    model = model_name_from_run(checkpoint)
+    if model is None:
+        raise WitError(f"{Path(train_dir) / EXPERIMENT / 'params.txt'}: no 'model' line; pass the model name")
+    return str(checkpoint), model
