@@ -35,3 +35,11 @@ def whirlwind_warc() -> Path:
     if not path.is_file():
         pytest.skip(f"Common Crawl fixture not found at {path} (set WIT_SHARED_DIR)")
     return path
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Prefect stops its ephemeral API server at exit and logs it after pytest closed the captured
+    streams; don't let that print a 'Logging error' traceback after the summary."""
+    import logging
+
+    logging.raiseExceptions = False
