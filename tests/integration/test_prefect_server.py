@@ -85,6 +85,26 @@ def test_deployment_run_builds(prefect_server: dict, tmp_path: Path) -> None:
     report = json.loads((build_dir / "reports" / "stats.json").read_text())
     assert report["funnel"]["candidates"] == 60
     assert report["checks"] and all(report["checks"].values())
+    for listing in (["deployment", "ls"], ["flow-run", "ls"], ["artifact", "inspect", "build-wit-report"]):
+        out = subprocess.run([str(BIN / "prefect"), *listing], env=prefect_server, capture_output=True, text=True)
+        assert out.returncode == 0, (listing, out.stdout[-2000:], out.stderr[-2000:])  # what users read
+    assert "candidates" in out.stdout and "Funnel" in out.stdout
+
+
+def test_infra_prefect_yaml_deploys_to_a_work_pool(prefect_server: dict) -> None:
+    """infra/prefect/prefect.yaml registers build-wit/example on a process work pool."""
+    repo = Path(__file__).resolve().parents[2]
+    env = {**prefect_server, "WIT_BUILDER_HOME": str(repo)}
+    pool = subprocess.run([str(BIN / "prefect"), "work-pool", "create", "wit-process", "--type", "process"],
+                          env=env, capture_output=True, text=True)
+    assert pool.returncode == 0, pool.stdout + pool.stderr
+    deploy = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file",
+                             str(repo / "infra" / "prefect" / "prefect.yaml")], cwd=repo, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+    inspect = subprocess.run([str(BIN / "prefect"), "deployment", "inspect", "build-wit/example"], env=env,
+                             capture_output=True, text=True)
+    assert inspect.returncode == 0 and "wit-process" in inspect.stdout
 
 
 def _run_deployment(env: dict, serve: subprocess.Popen) -> subprocess.CompletedProcess:
