@@ -1,85 +1,171 @@
-"""Eval-set indexes: the perceptual hashes of an ImageFolder (one folder per class) as parquet.
+"""Eval-set indexes: the perceptual hashes of an evaluation set, one parquet file per set.
 
-``build_eval_index("cifar10", "data/cifar10/test", "build/eval")`` writes
-``build/eval/cifar10/index.parquet`` (``eval_id``: path relative to the eval root in posix form,
-``label``: class folder name, ``phash``: int64) and ``_stats.json`` beside it.
+``build_eval_index("cifar10", "data/cifar10/test", "build/eval")`` writes ``build/eval/cifar10/index.parquet``
+and ``_stats.json`` beside it (the folder is replaced atomically). The eval set may be
+
+* an **ImageFolder** (one folder per class): ``eval_id`` is the path relative to the root (posix), the label
+  the class folder;
+* **WebDataset shards** (a ``.tar``, a folder of them, a glob or brace pattern): ``eval_id`` is the sample key
+  (``__key__``), the label comes from ``.cls``/``.txt``/``.json`` when present;
+* **parquet** files with encoded images in a binary column, or a struct with a ``bytes`` field as Hugging
+  Face writes (``EvalIndexConfig.image_column``): ``eval_id`` from ``id_column`` or ``<file stem>/<row>``.
+
+Columns: ``eval_id``, ``label`` (null when the set has none), ``phash`` (int64, the plain pHash that
+:class:`dedup.search.HashIndex` searches), and for the robust detector (:mod:`dedup.match`)
+``variant_phash`` (list of int64) and ``variant_dct`` (list of 32-byte DCT sign hashes), one entry per
+:data:`dedup.phash.VARIANTS` (names in the schema metadata). Undecodable or image-less records are dropped
+and counted (``decode_error``, ``no_image``); a duplicate ``eval_id`` is a ``WitError``.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
+import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from dedup.phash import phash
+from dedup import sources
+from dedup.match import MAX_DISTANCE, RobustIndex, dct_words
+from dedup.phash import DCT_BYTES, VARIANTS, eval_variants
 from dedup.search import HashIndex
+from pipeline.config import field
 from pipeline.errors import WitError
-from pipeline.io import write_parquet
+from pipeline.io import atomic_dir
 from pipeline.stats import StageStats
 
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.parquet"
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif"})
-SCHEMA = pa.schema([("eval_id", pa.string()), ("label", pa.string()), ("phash", pa.int64())])
+HASH_VERSION = "1"
+META_VARIANTS = b"wit.dedup.variants"
+META_VERSION = b"wit.dedup.hash_version"
+SCHEMA = pa.schema([("eval_id", pa.string()), ("label", pa.string()), ("phash", pa.int64()),
+                    ("variant_phash", pa.list_(pa.int64())), ("variant_dct", pa.list_(pa.binary(DCT_BYTES)))])
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
-def list_images(root: Path) -> list[Path]:
-    """Image files inside class folders of ``root`` (as torchvision's ImageFolder sees them), sorted."""
-    return sorted(p for p in root.glob("*/**/*")
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+@dataclasses.dataclass
+class EvalIndexConfig:
+    """Options of ``wit eval-index``."""
+
+    kind: str = field("auto", help="eval set layout: imagefolder, webdataset, parquet, or auto (from PATH)")
+    image_column: str = field("image", help="parquet: column with the encoded images (binary, or a struct "
+                                            "with a 'bytes' field as Hugging Face writes)")
+    id_column: str = field("", help="parquet: column with the eval ids (default: '<file stem>/<row>')")
+    label_column: str = field("label", help="parquet: column with the labels, used when present")
+    label_key: str = field("auto", help="webdataset: label member: cls, txt, json, or auto (the first present)")
+    threads: int = field(4, help="images decoded and hashed in parallel")
+
+    def validate(self) -> None:
+        if self.kind not in sources.KINDS:
+            raise WitError(f"EvalIndexConfig: kind must be one of {', '.join(sources.KINDS)}, got {self.kind!r}")
+        if self.label_key not in ("auto", *sources.LABEL_KEYS):
+            raise WitError(f"EvalIndexConfig: label_key must be auto, cls, txt or json, got {self.label_key!r}")
 
 
-def _hash_file(path: Path) -> int | None:
-    """The pHash of one image file, or None when it cannot be decoded."""
+def eval_items(path: str | os.PathLike, cfg: EvalIndexConfig) -> tuple[str, Iterator[sources.Item]]:
+    """``(kind, records)`` of an eval set."""
+    root = Path(path)
+    kind = sources.detect_kind(root) if cfg.kind == "auto" else cfg.kind
+    if kind == "imagefolder":
+        if not root.is_dir():
+            raise WitError(f"{root}: folder not found")
+        return kind, sources.imagefolder_items(root)
+    if kind == "webdataset":
+        paths = sources.shard_paths(root)
+        if not paths:
+            raise WitError(f"{root}: no .tar shards")
+        return kind, sources.webdataset_items(paths, cfg.label_key)
+    return kind, sources.parquet_items(root, cfg.image_column, cfg.id_column, cfg.label_column)
+
+
+def _hash_item(item: sources.Item) -> tuple[sources.Item, str | None, tuple[list[int], list[bytes]] | None]:
+    """``(item, drop reason, variant hashes)`` of one record (its bytes are released)."""
+    data, item.data = item.data, None
+    if data is None:
+        return item, "no_image", None
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return phash(img)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        log.debug("%s: cannot decode (%s)", path, exc)
-        return None
+            return item, None, eval_variants(img)
+    except DECODE_ERRORS as exc:
+        log.debug("%s: cannot decode (%s)", item.id, exc)
+        return item, "decode_error", None
 
 
-def build_eval_index(name: str, image_folder: str | os.PathLike, out_dir: str | os.PathLike,
-                     threads: int = 4) -> StageStats:
-    """Hash every image of the ImageFolder ``image_folder`` into ``out_dir/<name>/index.parquet``.
-
-    Undecodable images are dropped as ``decode_error``; a missing or image-less folder is a ``WitError``.
-    """
-    root = Path(image_folder)
-    if not root.is_dir():
-        raise WitError(f"eval set '{name}': folder not found: {root}")
-    files = list_images(root)
-    if not files:
-        raise WitError(f"eval set '{name}': no images in class folders of {root}")
-    stats = StageStats(stage="eval-index", inputs=len(files))
+def _hashed(items: Iterator[sources.Item], threads: int, chunk: int = 256) -> Iterator[tuple]:
+    """:func:`_hash_item` over a stream, ``threads`` at a time, in order, ``chunk`` records in flight."""
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        hashes = list(pool.map(_hash_file, files))
-    rows = [(f.relative_to(root).as_posix(), f.relative_to(root).parts[0], h)
-            for f, h in zip(files, hashes) if h is not None]
-    stats.kept = len(rows)
-    stats.drop("decode_error", len(files) - len(rows))
-    stats.extra.update(eval_set=name, classes=len({r[1] for r in rows}), source=str(root))
-    table = pa.table({k: [r[i] for r in rows] for i, k in enumerate(SCHEMA.names)}, schema=SCHEMA)
-    target = Path(out_dir) / name
-    write_parquet(table, target / INDEX_FILE)
-    stats.write(target)
+        while batch := list(islice(items, chunk)):
+            yield from pool.map(_hash_item, batch)
+
+
+def build_eval_index(name: str, path: str | os.PathLike, out_dir: str | os.PathLike,
+                     cfg: EvalIndexConfig | None = None, threads: int | None = None) -> StageStats:
+    """Hash every image of the eval set at ``path`` into ``out_dir/<name>/index.parquet`` (see module doc)."""
+    cfg = cfg or EvalIndexConfig()
+    if threads is not None:
+        cfg = dataclasses.replace(cfg, threads=threads)
+    cfg.validate()
+    try:
+        kind, items = eval_items(path, cfg)
+        rows, stats = _collect(name, _hashed(items, cfg.threads))
+    except WitError as exc:
+        raise WitError(f"eval set '{name}': {exc}") from None
+    if not rows["eval_id"]:
+        raise WitError(f"eval set '{name}': no images in {path} (read as {kind})")
+    stats.extra.update(eval_set=name, kind=kind, source=str(path), variants=len(VARIANTS),
+                       classes=len({label for label in rows["label"] if label is not None}))
+    table = pa.table(rows, schema=SCHEMA).replace_schema_metadata(
+        {META_VARIANTS: json.dumps(list(VARIANTS)).encode(), META_VERSION: HASH_VERSION.encode()})
+    with atomic_dir(Path(out_dir) / name) as tmp:
+        pq.write_table(table, tmp / INDEX_FILE)
+        stats.write(tmp)
     return stats
 
 
-def load_eval_index(path: str | os.PathLike) -> pa.Table:
-    """Read an eval index (its folder or its ``index.parquet``) as a table ``eval_id``, ``label``, ``phash``."""
+def _collect(name: str, hashed: Iterator[tuple]) -> tuple[dict[str, list], StageStats]:
+    rows: dict[str, list] = {n: [] for n in SCHEMA.names}
+    stats = StageStats(stage="eval-index")
+    seen: set[str] = set()
+    for item, reason, variants in hashed:
+        stats.inputs += 1
+        if item.id in seen:
+            raise WitError(f"duplicate eval id {item.id!r}")
+        seen.add(item.id)
+        if reason is not None:
+            stats.drop(reason)
+            continue
+        stats.kept += 1
+        phashes, dcts = variants
+        for key, value in zip(SCHEMA.names, (item.id, item.label, phashes[0], phashes, dcts)):
+            rows[key].append(value)
+    return rows, stats
+
+
+# ---------------------------------------------------------------- loading
+
+def index_file(path: str | os.PathLike) -> Path:
     p = Path(path)
-    file = p / INDEX_FILE if p.is_dir() else p
+    return p / INDEX_FILE if p.is_dir() else p
+
+
+def load_eval_index(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    """Read an eval index (its folder or its ``index.parquet``): ``eval_id``, ``label``, ``phash``, ..."""
+    file = index_file(path)
     if not file.is_file():
         raise WitError(f"{file}: eval index not found (build it with `wit eval-index`)")
-    table = pq.read_table(file)
+    table = pq.read_table(file, columns=columns)
     missing = [c for c in ("eval_id", "phash") if c not in table.column_names]
     if missing:
         raise WitError(f"{file}: not an eval index, missing column(s) {', '.join(missing)}")
@@ -88,5 +174,32 @@ def load_eval_index(path: str | os.PathLike) -> pa.Table:
 
 def load_hash_index(path: str | os.PathLike) -> HashIndex:
     """An eval index ready for :meth:`dedup.search.HashIndex.search` (ids are ``eval_id``)."""
-    table = load_eval_index(path)
+    table = load_eval_index(path, columns=["eval_id", "phash"])
     return HashIndex(table["phash"].to_numpy(zero_copy_only=False), table["eval_id"].to_pylist())
+
+
+def load_robust_index(path: str | os.PathLike, max_radius: int = MAX_DISTANCE) -> RobustIndex:
+    """An eval index ready for the robust detector (:class:`dedup.match.RobustIndex`)."""
+    file = index_file(path)
+    table = load_eval_index(file)
+    meta = table.schema.metadata or {}
+    if "variant_phash" not in table.column_names or meta.get(META_VERSION) != HASH_VERSION.encode():
+        raise WitError(f"{file}: built by an older wit-builder without hash variants; rebuild it with `wit eval-index`")
+    variants = json.loads(meta[META_VARIANTS])
+    n, v = table.num_rows, len(variants)
+    phashes = pc.list_flatten(table["variant_phash"]).to_numpy(zero_copy_only=False)
+    dcts = dct_words(pc.list_flatten(table["variant_dct"]))
+    if phashes.size != n * v or dcts.shape[0] != n * v:
+        raise WitError(f"{file}: variant columns do not hold {v} entries per image")
+    return RobustIndex(table["eval_id"].to_pylist(), phashes.reshape(n, v), dcts.reshape(n, v, -1), variants,
+                       max_radius)
+
+
+def index_fingerprint(paths: dict[str, str | os.PathLike]) -> str:
+    """A digest of the index files of several eval sets (names, sizes and modification times)."""
+    digest = hashlib.sha256()
+    for name in sorted(paths):
+        st = index_file(paths[name]).stat()
+        digest.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+

@@ -10,8 +10,9 @@ bits and mild crops or colour shifts by up to ~10, while unrelated images sit at
 binomial(64, 1/2)); 10 is > 5 sigma below that, so with independent bits a random pair collides with
 probability ~1e-8. It is the radius commonly used for pHash near-duplicate detection; lower it for
 large corpora of simple graphics (flat images hash alike), raise it to catch heavier edits.
-Scaling note: this is O(queries x index); multi-index hashing (split into ``max_distance + 1`` bit
-blocks, pigeonhole) is the upgrade path for 100k+ eval hashes at 1M lookups/s.
+Scaling note: this is O(queries x index), a few thousand lookups/s against 100,000 hashes; the robust
+detector (:mod:`dedup.match`) searches with :class:`dedup.mih.MultiIndexHash` instead (exact, 100x+ faster,
+see ``benchmarks/results/search.json``), and so should any large index.
 """
 from __future__ import annotations
 

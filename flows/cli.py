@@ -76,9 +76,16 @@ def cmd_queries(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_index(args: argparse.Namespace) -> None:
-    from dedup.index import build_eval_index
+    from dedup.index import EvalIndexConfig, build_eval_index
 
-    _print_json(build_eval_index(args.name, args.path, args.out).to_dict())
+    _print_json(build_eval_index(args.name, args.path, args.out, config_from_args(EvalIndexConfig, args)).to_dict())
+
+
+def cmd_dedup(args: argparse.Namespace) -> None:
+    from dedup.run import DedupConfig, run_dedup
+
+    stats = run_dedup(args.shards, _pairs(args.eval, "--eval"), args.out, config_from_args(DedupConfig, args))
+    _print_json(stats.to_dict())
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -180,6 +187,8 @@ def _sub(subs: Any, name: str, func: Callable, help: str, config: type | None = 
 
 
 def _stage_parsers(subs: Any) -> None:
+    from dedup.index import EvalIndexConfig
+    from dedup.run import DedupConfig
     from pipeline.balance import BalanceConfig
     from pipeline.crawl import CrawlConfig
     from pipeline.download import DownloadConfig
@@ -202,10 +211,17 @@ def _stage_parsers(subs: Any) -> None:
     p.add_argument("--unigrams", type=int, default=200_000, help="most frequent English words to take")
     p.add_argument("--bigrams", type=int, default=100_000, help="highest-PMI bigrams to take from --corpus")
     p.add_argument("--corpus", help="parquet folder with a caption column to mine bigrams from")
-    p = _sub(subs, "eval-index", cmd_eval_index, "Perceptually hash an evaluation set (ImageFolder).")
+    p = _sub(subs, "eval-index", cmd_eval_index,
+             "Perceptually hash an evaluation set (ImageFolder, WebDataset shards or parquet with image bytes).",
+             EvalIndexConfig)
     p.add_argument("name", help="eval set name, e.g. cifar10")
-    p.add_argument("path", help="ImageFolder root (one folder per class)")
+    p.add_argument("path", help="ImageFolder root, shards folder/tar, or parquet file")
     p.add_argument("--out", default="eval", help="index folder; writes OUT/NAME/index.parquet")
+    p = _sub(subs, "dedup", cmd_dedup, "Find (flag) or remove (drop) eval near-duplicates in any WebDataset shards.",
+             DedupConfig)
+    p.add_argument("shards", help="folder (or tar) of WebDataset shards in img2dataset's layout")
+    p.add_argument("--eval", nargs="+", required=True, metavar="NAME=PATH", help="eval sets or their indexes")
+    p.add_argument("--out", required=True, help="writes OUT/overlap.parquet (and clean shards in drop mode)")
     p = _sub(subs, "download", cmd_download, "Download, resize and hash images on Ray into WebDataset shards.",
              DownloadConfig)
     p.add_argument("input", help="kept pairs folder (parquet with url, caption)")
