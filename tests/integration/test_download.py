@@ -1,10 +1,9 @@
-"""Download stage against a real HTTP server on 127.0.0.1, with a real local Ray and img2dataset."""
+"""Download stage against a real HTTP server on 127.0.0.1, with a real local Ray (one per module)."""
 from __future__ import annotations
 
 import dataclasses
 import io
 import threading
-import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from dedup.index import build_eval_index
+from dedup.phash import bytes_hashes
 from pipeline import netguard
 from pipeline.download import DownloadConfig, error_reason, run_download
 from pipeline.errors import WitError
@@ -107,12 +107,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def tidy_ray() -> Iterator[None]:
-    yield
+def local_ray() -> Iterator[None]:
+    """One local Ray for the module (run_download uses an initialised Ray as it is)."""
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"NO_ALBUMENTATIONS_UPDATE": "1", "RAY_USAGE_STATS_ENABLED": "0"}})
+    yield
+    ray.shutdown()
 
 
 def small_config(**kw: object) -> DownloadConfig:
@@ -127,16 +129,19 @@ def downloaded(site: Site) -> tuple[Site, StageStats]:
     return site, stats
 
 
-# ---------------------------------------------------------------- fast checks (no Ray)
+# ---------------------------------------------------------------- guard and reasons
 
 def test_private_hosts_refused_without_flag(site: Site) -> None:
+    """Refused URLs get their row in their shard's parquet, like every other URL."""
     shards = site.root / "refused_shards"
     stats = run_download(site.input_dir, shards, small_config(), site.eval_indexes, site.root / "refused_overlap")
     assert (stats.inputs, stats.kept) == (N_INPUTS, 0)
     assert dict(stats.dropped) == {"private_address": 13, "bad_url": 1}
-    refused = pq.read_table(shards / "_refused.parquet")
-    assert refused.num_rows == N_INPUTS and set(refused["status"].to_pylist()) == {"refused"}
-    assert list(shards.glob("*.tar")) == [] and read_json(shards / "sizes.json") == {}
+    rows = [r for p in sorted(shards.glob("0*.parquet")) for r in pq.read_table(p).to_pylist()]
+    assert sorted(r["url"] for r in rows) == sorted(site.captions)
+    assert {r["status"] for r in rows} == {"failed_to_download"}
+    assert all(r["error_message"].startswith("refused (") for r in rows)
+    assert sum(read_json(shards / "sizes.json").values()) == 0
     assert pq.read_table(site.root / "refused_overlap" / "overlap.parquet").num_rows == 0
 
 
@@ -147,30 +152,34 @@ def test_screen_urls_reasons() -> None:
             "http://no-such-host.invalid/x.jpg"]
     assert netguard.screen_urls(urls) == ["private_address"] * 7 + [None] + ["bad_url"] * 4 + [None]
     assert netguard.screen_urls(urls[:3], allow_private_networks=True) == [None] * 3
+    assert netguard.screen_urls(urls[:4], allowed_networks=("127.0.0.0/8",)) == \
+        [None, "private_address", "private_address", "private_address"]  # localhost is also ::1
 
 
 def test_connection_guard_blocks_loopback(site: Site) -> None:
+    """The pools' connections check the peer they reached, whatever the URL screening said."""
     url = site.base_url + "/img200.jpg"
-    try:
-        netguard.set_guard(True)
-        with pytest.raises(urllib.error.URLError, match="private address refused"):
-            urllib.request.urlopen(url, timeout=5)
-    finally:
-        netguard.set_guard(False)
-    with urllib.request.urlopen(url, timeout=5) as r:
+    guarded = netguard.pool_manager(netguard.AddressPolicy(), retries=False)
+    with pytest.raises(Exception, match="private address refused"):
+        guarded.request("GET", url, timeout=5)
+    allowed = netguard.pool_manager(netguard.AddressPolicy(allowed_networks=("127.0.0.1/32",)), retries=False)
+    assert allowed.request("GET", url, timeout=5).status == 200
+    with urllib.request.urlopen(url, timeout=5) as r:  # nothing global was changed
         assert r.status == 200
 
 
 def test_error_reasons() -> None:
     assert error_reason("failed_to_download", "HTTP Error 404: Not Found") == "http_404"
     assert error_reason("failed_to_download", "HTTP Error 503: Service Unavailable") == "http_5xx"
-    assert error_reason("failed_to_download", "<urlopen error timed out>") == "timeout"
-    assert error_reason("failed_to_download", "The read operation timed out") == "timeout"
-    assert error_reason("failed_to_download", "<urlopen error [Errno -2] Name or service not known>") == "dns_error"
-    assert error_reason("failed_to_download", "<urlopen error [Errno 111] Connection refused>") == "connection_error"
-    assert error_reason("failed_to_resize", "Image decoding error") == "decode_error"
-    assert error_reason("failed_to_download", "<urlopen error private address refused: a -> 10.0.0.1>") \
-        == "private_address"
+    assert error_reason("failed_to_download", "Connection to x timed out. (connect timeout=1)") == "timeout"
+    assert error_reason("failed_to_download", "Read timed out. (read timeout=1)") == "timeout"
+    assert error_reason("failed_to_download", "Failed to resolve 'x' ([Errno -2] Name or service not known)") \
+        == "dns_error"
+    assert error_reason("failed_to_download", "Failed to establish a new connection: [Errno 111] Connection "
+                                              "refused") == "connection_error"
+    assert error_reason("failed_to_download", "('Connection broken: IncompleteRead(10 bytes read, 20 more "
+                                              "expected)', IncompleteRead(10 bytes read))") == "truncated"
+    assert error_reason("failed_to_download", "private address refused: a -> 10.0.0.1") == "private_address"
     assert error_reason("failed_to_resize", "something new") == "resize_error"
 
 
@@ -191,20 +200,22 @@ def test_bad_inputs(tmp_path: Path) -> None:
 def test_stats_account_for_every_url(downloaded: tuple[Site, StageStats]) -> None:
     site, stats = downloaded
     assert (stats.inputs, stats.kept) == (N_INPUTS, 10)
-    assert dict(stats.dropped) == {"http_404": 1, "decode_error": 2, "bad_url": 1}
+    assert dict(stats.dropped) == {"http_404": 1, "not_image": 2, "bad_url": 1}
     assert stats.accounted() and stats.extra["shards"] == 3 and stats.extra["failed_shards"] == 0
     assert stats.extra["eval_duplicates"] == {"toy": 3} and stats.extra["bytes"] > 0
     assert StageStats.read(site.root / "shards").to_dict()["kept"] == 10
     shards = site.root / "shards"
     tables = [pq.read_table(p) for p in sorted(shards.glob("0*.parquet"))]
     statuses = [s for t in tables for s in t["status"].to_pylist()]
-    statuses += pq.read_table(shards / "_refused.parquet")["status"].to_pylist()
     assert len(statuses) == N_INPUTS
     assert {s: statuses.count(s) for s in set(statuses)} == \
-        {"success": 10, "failed_to_download": 1, "failed_to_resize": 2, "refused": 1}
-    urls = [u for t in tables for u in t["url"].to_pylist()] + \
-        pq.read_table(shards / "_refused.parquet")["url"].to_pylist()
+        {"success": 10, "failed_to_download": 2, "failed_to_resize": 2}
+    urls = [u for t in tables for u in t["url"].to_pylist()]
     assert sorted(urls) == sorted(site.captions)
+    for path, t in zip(sorted(shards.glob("0*.parquet")), tables):
+        assert all((r["reason"] is None) == (r["status"] == "success") for r in t.to_pylist())
+        shard_stats = read_json(shards / f"{path.stem}_stats.json")
+        assert shard_stats["count"] == t.num_rows and shard_stats["successes"] == statuses_of(t).count("success")
 
 
 def test_shards_read_back_with_webdataset(downloaded: tuple[Site, StageStats]) -> None:
@@ -222,13 +233,46 @@ def test_shards_read_back_with_webdataset(downloaded: tuple[Site, StageStats]) -
         assert min(s["jpg"].size) == 256  # keep_ratio: shorter side resized, no padding
 
 
-def test_phash_column(downloaded: tuple[Site, StageStats]) -> None:
+def statuses_of(table: pa.Table) -> list[str]:
+    return table["status"].to_pylist()
+
+
+def hamming(a: int, b: int) -> int:
+    return bin((a ^ b) & (2**64 - 1)).count("1")
+
+
+def test_phash_of_the_original_image(downloaded: tuple[Site, StageStats]) -> None:
+    """pHash is taken on the downloaded image before resizing, stored in the parquet and the sample json."""
+    import webdataset as wds
+
     site, _ = downloaded
-    for p in sorted((site.root / "shards").glob("0*.parquet")):
-        t = pq.read_table(p)
-        assert t.schema.field("phash").type == pa.int64() and "phash_flip" in t.column_names
-        for status, h in zip(t["status"].to_pylist(), t["phash"].to_pylist()):
-            assert (h is not None) == (status == "success")
+    routes = make_site(site.root / "eval_again")
+    rows = [r for p in sorted((site.root / "shards").glob("0*.parquet")) for r in pq.read_table(p).to_pylist()]
+    from dedup.phash import HASH_SCHEMA
+
+    schema = pq.read_schema(site.root / "shards" / "00000.parquet")
+    assert all(schema.field(f.name).type == f.type for f in HASH_SCHEMA)  # what `wit dedup` reuses
+    for row in rows:
+        assert (row["phash"] is not None) == (row["status"] == "success")
+        path = "/" + row["url"].rsplit("/", 1)[-1]
+        if row["status"] == "success" and path.startswith("/img"):
+            original = bytes_hashes(routes[path][2])
+            assert hamming(row["phash"], original[0]) <= 2 and hamming(row["phash_flip"], original[1]) <= 2
+    samples = wds.WebDataset([str(p) for p in sorted((site.root / "shards").glob("*.tar"))], shardshuffle=False)
+    by_key = {r["key"]: r for r in rows}
+    for s in samples.decode():
+        assert s["json"]["phash"] == by_key[s["__key__"]]["phash"] and s["json"]["sha256"]
+
+
+@pytest.mark.parametrize("mode", ["border", "center_crop"])
+def test_phash_is_taken_before_letterbox_or_crop(mode: str) -> None:
+    from pipeline.download_image import ImageProcessor
+
+    data = jpeg(smooth_image(11, (600, 200)))
+    got = ImageProcessor(DownloadConfig(resize_mode=mode))(data)
+    assert (got.width, got.height) == (256, 256)
+    assert hamming(got.hashes["phash"], bytes_hashes(data)[0]) <= 2  # the whole original frame
+    assert hamming(got.hashes["phash"], bytes_hashes(got.data)[0]) > 10  # not the letterboxed/cropped output
 
 
 def test_overlap_finds_near_duplicates_only(downloaded: tuple[Site, StageStats]) -> None:
@@ -255,23 +299,113 @@ def test_rerun_is_a_noop(downloaded: tuple[Site, StageStats]) -> None:
                          site.eval_indexes, site.root / "overlap")
     assert snapshot() == before
     assert (again.inputs, again.kept, again.dropped) == (first.inputs, first.kept, first.dropped)
-    assert again.extra["hashed_shards"] == 0 and first.extra["hashed_shards"] == 3
+    assert again.extra["downloaded_shards"] == 0 and first.extra["downloaded_shards"] == 3
     assert pq.read_table(site.root / "overlap" / "overlap.parquet").equals(overlap_before)
     keys = [k for p in sorted(shards.glob("0*.parquet")) for k in pq.read_table(p)["key"].to_pylist()]
-    assert len(keys) == len(set(keys)) == 13
+    assert len(keys) == len(set(keys)) == N_INPUTS
     with pytest.raises(WitError, match="other input or options"):
         run_download(site.input_dir, shards, small_config(allow_private_networks=True, image_size=128))
 
 
-def test_guard_in_ray_workers_blocks_what_screening_missed(site: Site, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """A host that passes the screen but connects to a private address (DNS rebinding, a redirect)
-    is refused by the connection guard inside img2dataset's Ray tasks."""
-    monkeypatch.setattr(netguard, "screen_urls", lambda urls, *a, **k: [None for _ in urls])
-    urls = [site.base_url + "/img200.jpg", site.base_url + "/img201.jpg"]
-    pq.write_table(pa.table({"url": urls, "caption": ["x", "y"]}), tmp_path / "part-00000.parquet")
-    stats = run_download(tmp_path / "part-00000.parquet", tmp_path / "shards", small_config(), None,
-                         tmp_path / "overlap")
-    assert (stats.inputs, stats.kept, dict(stats.dropped)) == (2, 0, {"private_address": 2})
-    messages = pq.read_table(tmp_path / "shards" / "00000.parquet")["error_message"].to_pylist()
-    assert all("private address refused" in m for m in messages)
+# ---------------------------------------------------------------- decode once, same pixels as img2dataset
+
+def _img2dataset_resizer_module() -> object:
+    """img2dataset's resizer.py alone (its package import pulls in torch and wandb)."""
+    import importlib.util
+
+    import img2dataset
+
+    path = Path(img2dataset.__spec__.submodule_search_locations[0]) / "resizer.py"
+    spec = importlib.util.spec_from_file_location("img2dataset_resizer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _test_images() -> dict[str, bytes]:
+    rgba = smooth_image(7, (200, 120)).convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.tile(np.linspace(0, 255, 200, dtype=np.uint8), (120, 1))))
+    png = io.BytesIO()
+    rgba.save(png, "PNG")
+    gray = io.BytesIO()
+    smooth_image(8, (640, 480)).convert("L").save(gray, "JPEG", quality=90)
+    return {"wide": jpeg(smooth_image(1, (500, 300))), "tall": jpeg(smooth_image(2, (300, 500))),
+            "small": jpeg(smooth_image(3, (100, 80))), "rgba": png.getvalue(), "gray": gray.getvalue()}
+
+
+@pytest.mark.parametrize("mode", ["keep_ratio", "center_crop", "border", "keep_ratio_largest", "no"])
+def test_resize_matches_img2dataset_pixel_for_pixel(mode: str) -> None:
+    import cv2
+
+    from pipeline.download_image import ImageProcessor
+
+    reference = _img2dataset_resizer_module().Resizer(image_size=256, resize_mode=mode, resize_only_if_bigger=False)
+    ours = ImageProcessor(DownloadConfig(resize_mode=mode, fast_decode=False))
+    for name, data in _test_images().items():
+        ref_bytes, width, height, original_width, original_height, err = reference(io.BytesIO(data))
+        assert err is None
+        got = ours(data)
+        assert (got.width, got.height, got.original_width, got.original_height) == \
+            (width, height, original_width, original_height), name
+        decoded = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_UNCHANGED) for b in (ref_bytes, got.data)]
+        assert np.array_equal(*decoded), name
+
+
+def test_fast_decode_same_size_nearly_same_pixels() -> None:
+    import cv2
+
+    from pipeline.download_image import ImageProcessor
+
+    data = jpeg(smooth_image(5, (1200, 900)))
+    full, fast = (ImageProcessor(DownloadConfig(fast_decode=f))(data) for f in (False, True))
+    assert (fast.width, fast.height, fast.original_width) == (full.width, full.height, 1200)
+    a, b = (cv2.imdecode(np.frombuffer(p.data, np.uint8), cv2.IMREAD_COLOR).astype(int) for p in (full, fast))
+    assert np.abs(a - b).mean() < 1.0
+    assert bin((full.hashes["phash"] ^ fast.hashes["phash"]) & (2 ** 64 - 1)).count("1") <= 2
+
+
+# ---------------------------------------------------------------- eval duplicates
+
+def test_drop_eval_duplicates_in_the_workers(site: Site, tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    stats = run_download(site.input_dir, shards, small_config(allow_private_networks=True, drop_eval_duplicates=True),
+                         site.eval_indexes, tmp_path / "overlap")
+    assert stats.kept == 7 and stats.dropped["eval_duplicate"] == 3 and stats.accounted()
+    rows = [r for p in sorted(shards.glob("0*.parquet")) for r in pq.read_table(p).to_pylist()]
+    dropped = sorted(r["url"].rsplit("/", 1)[1] for r in rows if r["status"] == "filtered")
+    assert dropped == ["dup_flip.jpg", "dup_reencoded.jpg", "dup_resized.jpg"]
+    assert all("eval near-duplicate of toy/" in r["error_message"] for r in rows if r["status"] == "filtered")
+    assert sum(read_json(shards / "sizes.json").values()) == 7
+    assert pq.read_table(tmp_path / "overlap" / "overlap.parquet").num_rows == 0  # none left in the shards
+
+
+def test_new_eval_index_is_matched_from_stored_hashes(downloaded: tuple[Site, StageStats], tmp_path: Path) -> None:
+    """A finished folder re-run against other eval indexes re-matches its stored hashes; nothing is fetched."""
+    import shutil
+
+    site, _ = downloaded
+    shutil.copytree(site.root / "shards", tmp_path / "shards")
+    only_a = tmp_path / "eval_a"
+    shutil.copytree(site.root / "eval_images" / "a", only_a / "a")
+    build_eval_index("only_a", only_a, tmp_path / "eval")
+    stats = run_download(site.input_dir, tmp_path / "shards", small_config(allow_private_networks=True),
+                         {"only_a": tmp_path / "eval" / "only_a"}, tmp_path / "overlap")
+    assert stats.extra["rematched_shards"] == 3 and stats.extra["downloaded_shards"] == 0
+    found = {(r["eval_id"], r["url"].rsplit("/", 1)[1]) for r in
+             pq.read_table(tmp_path / "overlap" / "overlap.parquet").to_pylist()}
+    assert found == {("a/100.jpg", "dup_resized.jpg"), ("a/101.jpg", "dup_reencoded.jpg")}
+
+
+def test_cli_options() -> None:
+    import argparse
+
+    from pipeline.config import add_config_args, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, DownloadConfig)
+    cfg = config_from_args(DownloadConfig, parser.parse_args(
+        ["--retry-failed", "--max-per-host", "4", "--allowed-networks", "10.0.0.0/8", "--timeout", "2.5"]))
+    assert (cfg.retry_failed, cfg.max_per_host, cfg.allowed_networks, cfg.timeout) == (True, 4, ("10.0.0.0/8",), 2.5)
+    assert "wit-builder" in cfg.user_agent and "opted" not in cfg.disallowed_header_directives
+    with pytest.raises(WitError, match="allowed_networks"):
+        dataclasses.replace(cfg, allowed_networks=("nonsense",)).validate()
