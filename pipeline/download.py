@@ -23,6 +23,8 @@ a cluster, whose workers must see ``shards_dir`` (a shared filesystem, as for im
 """
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import hashlib
 import logging
@@ -231,6 +233,9 @@ def run_download(input_dir: str | os.PathLike, shards_dir: str | os.PathLike, cf
     start = time.time()
     cfg = cfg or DownloadConfig()
     cfg.validate()
+    if cfg.engine == "img2dataset":
+        return _run_img2dataset(input_dir, shards_dir, cfg, eval_indexes, overlap_dir)
+    cfg.validate()
     shards_dir = Path(shards_dir)
     overlap_dir = Path(overlap_dir) if overlap_dir is not None else shards_dir.parent / "overlap"
     eval_paths = {name: Path(path) for name, path in (eval_indexes or {}).items()}
@@ -245,3 +250,13 @@ def run_download(input_dir: str | os.PathLike, shards_dir: str | os.PathLike, cf
         log.warning("download: %d inputs but %d kept + %d dropped", stats.inputs, stats.kept, stats.n_dropped)
     stats.write(shards_dir)
     return stats
+
+
+def _run_img2dataset(input_dir: str | os.PathLike, shards_dir: str | os.PathLike, cfg: DownloadConfig,
+                     eval_indexes: dict[str, Path] | None, overlap_dir: str | os.PathLike | None) -> StageStats:
+    """The img2dataset engine, given the options both engines share (same names, same meaning)."""
+    from pipeline.download_img2dataset import Img2datasetConfig, run_img2dataset_download
+
+    names = {f.name for f in dataclasses.fields(Img2datasetConfig)}
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name in names}
+    return run_img2dataset_download(input_dir, shards_dir, Img2datasetConfig(**shared), eval_indexes, overlap_dir)

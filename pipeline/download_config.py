@@ -23,6 +23,8 @@ DEFAULT_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
 class DownloadConfig:
     """Options of ``wit download``."""
 
+    engine: str = field("wit", help="wit: our Ray fetcher (per-host limits, opt-outs, pHash before resize); "
+                        "img2dataset: img2dataset's own downloader on Ray (shared options only)")
     image_size: int = field(256, help="target size in pixels (see resize_mode)")
     resize_mode: str = field("keep_ratio", help="img2dataset resize mode: keep_ratio (shorter side = image_size, "
                                                 "no crop, no padding), keep_ratio_largest, center_crop, border, no")
@@ -70,6 +72,7 @@ class DownloadConfig:
         """Raise ``WitError`` for an option out of range."""
         max_quality = 9 if self.encode_format == "png" else 100
         checks = [
+            (self.engine in ("wit", "img2dataset"), "engine must be wit or img2dataset"),
             (self.resize_mode in RESIZE_MODES, f"resize_mode must be one of {', '.join(RESIZE_MODES)}"),
             (self.encode_format in ENCODE_FORMATS, f"encode_format must be one of {', '.join(ENCODE_FORMATS)}"),
             (0 <= self.encode_quality <= max_quality, f"encode_quality must be between 0 and {max_quality}"),
