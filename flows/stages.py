@@ -53,21 +53,23 @@ def download(cfg: BuildConfig) -> dict[str, Any]:
 
 
 def train(cfg: BuildConfig) -> dict[str, Any]:
-    import dataclasses
-
+    """Train on the build's shards: here, under torchrun, or as a Ray job when ``train.ray_address`` is set."""
     from training.train import run_train
 
-    return dataclasses.asdict(run_train(cfg.path("shards"), cfg.path("train"), cfg.train))
+    return run_train(cfg.path("shards"), cfg.path("train"), cfg.train).to_dict()
 
 
 def overlap(cfg: BuildConfig, checkpoint: str | None = None, model: str | None = None) -> dict[str, Any]:
+    """Zero-shot accuracy on Overlap / Clean / All of each eval set; writes reports/overlap.{json,md,png}."""
+    import dataclasses
+
     from training.overlap import run_overlap
     from training.train import latest_checkpoint
 
     if checkpoint is None:
         checkpoint, model = latest_checkpoint(cfg.path("train"))
     return run_overlap(checkpoint, model, dict(cfg.eval_sets), cfg.path("overlap") / "overlap.parquet",
-                       cfg.path("reports"), templates=cfg.overlap.templates, batch_size=cfg.overlap.batch_size)
+                       cfg.path("reports"), **dataclasses.asdict(cfg.overlap))
 
 
 def report(cfg: BuildConfig) -> dict[str, Any]:

@@ -1,25 +1,79 @@
 """open_clip_train's entry point with wit-builder's model configs registered.
 
-Run as ``python -m training.open_clip_main ARGS`` (the same ARGS as ``python -m open_clip_train.main``);
-``training.train.run_train`` launches it in a subprocess.
+Run as ``python -m training.open_clip_main ARGS`` (the same ARGS as ``python -m open_clip_train.main``,
+also under ``torchrun -m training.open_clip_main``); ``training.train.run_train`` launches it in a
+subprocess. Besides ``training/model_configs``, the folders in ``$WIT_MODEL_CONFIG_DIRS`` (os.pathsep
+separated) are registered, and ``--model path/to/config.json`` registers that file's folder and trains
+the model named after the file.
 """
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
+MODEL_CONFIG_DIRS_ENV = "WIT_MODEL_CONFIG_DIRS"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled"}
 
 
-def register_model_configs() -> None:
-    """Make ``wit-tiny`` and the other configs in ``training/model_configs`` known to open_clip (idempotent)."""
+def register_model_configs(*extra: str | Path) -> None:
+    """Make ``wit-tiny``, the configs of ``$WIT_MODEL_CONFIG_DIRS`` and ``extra`` folders known to open_clip
+    (idempotent)."""
     import open_clip
     from open_clip.factory import _MODEL_CONFIG_PATHS
 
-    if MODEL_CONFIGS not in _MODEL_CONFIG_PATHS:
-        open_clip.add_model_config(MODEL_CONFIGS)
+    env_dirs = [d for d in os.environ.get(MODEL_CONFIG_DIRS_ENV, "").split(os.pathsep) if d]
+    for folder in (MODEL_CONFIGS, *env_dirs, *extra):
+        path = Path(folder).resolve()
+        if path not in _MODEL_CONFIG_PATHS:
+            open_clip.add_model_config(path)
+
+
+def is_config_file(model: str) -> bool:
+    """Whether ``model`` names a model config JSON file rather than a registered model."""
+    return model.endswith(".json") and Path(model).is_file()
+
+
+def model_config_name(model: str) -> str:
+    """The open_clip model name of ``model``: the file's stem for a config JSON file, else ``model``."""
+    return Path(model).stem if is_config_file(model) else model
+
+
+def _resolve_model_arg(argv: list[str]) -> list[str]:
+    """Register the folder of a ``--model FILE.json`` and replace it by the model's name."""
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--model" and is_config_file(out[i + 1]):
+            register_model_configs(Path(out[i + 1]).parent)
+            out[i + 1] = model_config_name(out[i + 1])
+    return out
+
+
+def allow_cpu_ddp() -> None:
+    """open_clip wraps the model in DDP with ``device_ids=[device]``, which torch refuses for CPU modules;
+    drop CPU device ids so several CPU processes (gloo) can train together, as tests and CPU nodes do."""
+    import torch
+
+    ddp = torch.nn.parallel.DistributedDataParallel
+    if getattr(ddp, "_wit_cpu_ok", False):
+        return
+
+    class CpuDDP(ddp):  # type: ignore[misc, valid-type]
+        _wit_cpu_ok = True
+
+        def __init__(self, module: Any, device_ids: Any = None, *args: Any, **kwargs: Any) -> None:
+            if device_ids and all(torch.device(d).type == "cpu" for d in device_ids):
+                device_ids = None
+            super().__init__(module, device_ids, *args, **kwargs)
+
+    torch.nn.parallel.DistributedDataParallel = CpuDDP  # type: ignore[misc]
+
+
+def _distributed_on_cpu(argv: list[str]) -> bool:
+    device = argv[argv.index("--device") + 1] if "--device" in argv[:-1] else "cuda"
+    return device == "cpu" and int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,9 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     register_model_configs()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _resolve_model_arg(argv[1:] if argv[:1] == ["--"] else argv)  # torchrun ... -m MODULE -- ARGS
+    if _distributed_on_cpu(argv):
+        allow_cpu_ddp()
     from open_clip_train.main import main as open_clip_train_main
 
-    result = open_clip_train_main(sys.argv[1:] if argv is None else argv)
+    result = open_clip_train_main(argv)
     return result if isinstance(result, int) else 0
 
 

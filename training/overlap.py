@@ -4,20 +4,37 @@ Per eval set, the images the duplicate detector matched to training images (``ov
 *Overlap*, the rest *Clean*, and both together *All*. We report zero-shot accuracy on each, the
 difference All - Clean, a one-sided binomial test of the Overlap accuracy against the Clean accuracy
 (H1: Overlap is more accurate) and a 99.5% Clopper-Pearson interval on the Overlap accuracy.
-Accuracies, delta and the interval are fractions in [0, 1]; ``overlap_pct`` is a percentage.
+Accuracies, delta and the interval are fractions in [0, 1]; ``overlap_pct`` is a percentage. The same
+figures for top-5 accuracy are under ``top5``, and per class under ``per_class``. ``reports/overlap.png``
+plots them like the paper's figure 17 (see :mod:`training.plots`).
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import field
 from pipeline.errors import WitError
 from pipeline.io import atomic_path, write_json, write_parquet
 
 OVERLAP_COLUMNS = ("eval_set", "eval_id")
+
+
+@dataclasses.dataclass
+class OverlapConfig:
+    """Options of ``wit overlap`` (the keyword arguments of :func:`run_overlap`)."""
+
+    templates: str = field("simple", help="prompt templates: default (4), simple (7), openai (CLIP's 80 ImageNet "
+                           "prompts) or a file (.txt one a line with {} for the class, or a .json list)")
+    batch_size: int = field(64, help="images per zero-shot batch")
+    device: str = field("auto", help="cuda, cpu or auto (cuda when present)")
+    workers: int = field(0, help="image-loading worker processes (ImageFolder eval sets)")
+    confidence: float = field(0.995, help="confidence level of the Clopper-Pearson intervals")
+    plot: bool = field(True, help="draw reports/overlap.png (figure 17 of the CLIP paper)")
 
 
 # ---------------------------------------------------------------- statistics (pure functions)
@@ -71,6 +88,40 @@ def overlap_stats(correct: Mapping[str, bool], overlap_ids: Iterable[str],
     }
 
 
+TOP5_KEYS = ("acc_all", "acc_clean", "acc_overlap", "delta", "p_value", "ci_low", "ci_high")
+CLASS_KEYS = ("n_all", "n_overlap", "acc_all", "acc_clean", "acc_overlap")
+
+
+def eval_set_stats(rows: Sequence[Mapping[str, Any]], overlap_ids: Iterable[str],
+                   confidence: float = 0.995) -> dict[str, Any]:
+    """:func:`overlap_stats` of top-1 accuracy, plus ``top5`` (the same for top-5) and ``per_class``
+    (``{label: {n_all, n_overlap, acc_all, acc_clean, acc_overlap, acc5_all}}``) from classified rows
+    (``eval_id``, ``label``, ``correct``, ``top5_correct``)."""
+    flagged = set(overlap_ids)
+    stats = overlap_stats({r["eval_id"]: r["correct"] for r in rows}, flagged, confidence)
+    top5 = overlap_stats({r["eval_id"]: r["top5_correct"] for r in rows}, flagged, confidence)
+    stats["top5"] = {k: top5[k] for k in TOP5_KEYS}
+    stats["per_class"] = per_class_stats(rows, flagged)
+    return stats
+
+
+def per_class_stats(rows: Sequence[Mapping[str, Any]], flagged: set[str]) -> dict[str, dict[str, Any]]:
+    """Per label: counts and top-1 accuracy on All / Clean / Overlap, and top-5 accuracy on All."""
+    by_label: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        by_label.setdefault(r["label"], []).append(r)
+    out = {}
+    for label, rs in sorted(by_label.items()):
+        top1 = {r["eval_id"]: r["correct"] for r in rs}
+        overlap, clean = split_ids(top1, flagged)
+        out[label] = {"n_all": len(rs), "n_overlap": len(overlap),
+                      "acc_all": ratio(sum(map(bool, top1.values())), len(rs)),
+                      "acc_clean": ratio(sum(bool(top1[i]) for i in clean), len(clean)),
+                      "acc_overlap": ratio(sum(bool(top1[i]) for i in overlap), len(overlap)),
+                      "acc5_all": ratio(sum(bool(r["top5_correct"]) for r in rs), len(rs))}
+    return out
+
+
 # ---------------------------------------------------------------- files
 
 def normalise_eval_id(eval_id: str) -> str:
@@ -108,7 +159,8 @@ def _pvalue(p: float | None) -> str:
 
 
 def markdown_table(report: Mapping[str, Mapping[str, Any]], confidence: float = 0.995) -> str:
-    """A markdown table of the report (accuracies and delta in percentage points)."""
+    """The report as markdown: top-1 and top-5 tables (accuracies and delta in percentage points) and
+    per-class accuracy."""
     level = f"{100 * confidence:g}%"
     lines = [
         "# Zero-shot accuracy on Overlap / Clean / All (CLIP section 5)", "",
@@ -116,35 +168,66 @@ def markdown_table(report: Mapping[str, Mapping[str, Any]], confidence: float = 
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, r in sorted(report.items()):
-        ci = "–" if r["ci_low"] is None else f"{_pct(r['ci_low'])}–{_pct(r['ci_high'])}"
         pct = "–" if r["overlap_pct"] is None else f"{r['overlap_pct']:.1f}"
-        lines.append(f"| {name} | {r['n_all']} | {pct} | {_pct(r['acc_all'])} | {_pct(r['acc_clean'])} | "
-                     f"{_pct(r['acc_overlap'])} | {_pct(r['delta'], 2)} | {_pvalue(r['p_value'])} | {ci} |")
+        lines.append(f"| {name} | {r['n_all']} | {pct} | {_row(r)}")
+    top5 = [(name, r["top5"]) for name, r in sorted(report.items()) if r.get("top5")]
+    if top5:
+        lines += ["", "## Top-5 accuracy", "",
+                  f"| eval set | All | Clean | Overlap | All − Clean | p (Overlap > Clean) | {level} CI (Overlap) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        lines += [f"| {name} | {_row(t)}" for name, t in top5]
+    for name, r in sorted(report.items()):
+        lines += _class_lines(name, r.get("per_class") or {})
     return "\n".join(lines) + "\n"
 
 
+def _row(r: Mapping[str, Any]) -> str:
+    ci = "–" if r["ci_low"] is None else f"{_pct(r['ci_low'])}–{_pct(r['ci_high'])}"
+    return (f"{_pct(r['acc_all'])} | {_pct(r['acc_clean'])} | {_pct(r['acc_overlap'])} | {_pct(r['delta'], 2)} | "
+            f"{_pvalue(r['p_value'])} | {ci} |")
+
+
+def _class_lines(name: str, per_class: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    if not per_class:
+        return []
+    lines = ["", f"## Per class: {name}", "", "| class | n | overlap | All | Clean | Overlap | top-5 All |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for label, c in per_class.items():
+        lines.append(f"| {label} | {c['n_all']} | {c['n_overlap']} | {_pct(c['acc_all'])} | {_pct(c['acc_clean'])} | "
+                     f"{_pct(c['acc_overlap'])} | {_pct(c['acc5_all'])} |")
+    return lines
+
+
 def write_reports(report: Mapping[str, Any], predictions: Sequence[dict[str, Any]], reports_dir: str | Path,
-                  confidence: float = 0.995) -> None:
-    """Write ``overlap.json``, ``overlap.md`` and ``overlap_predictions.parquet`` atomically."""
+                  confidence: float = 0.995, plot: bool = True) -> None:
+    """Write ``overlap.json``, ``overlap.md``, ``overlap.png`` and ``overlap_predictions.parquet`` atomically."""
     reports_dir = Path(reports_dir)
     write_json(reports_dir / "overlap.json", dict(report))
     with atomic_path(reports_dir / "overlap.md") as tmp:
         tmp.write_text(markdown_table(report, confidence))
+    if plot:
+        from training.plots import plot_overlap
+
+        plot_overlap(report, reports_dir / "overlap.png", confidence)
     if predictions:
         write_parquet(pa.Table.from_pylist(list(predictions)), reports_dir / "overlap_predictions.parquet")
 
 
-def run_overlap(checkpoint: str | Path, model_name: str | None, eval_sets: Mapping[str, str | Path],
+def run_overlap(checkpoint: str | Path, model_name: str | None, eval_sets: Mapping[str, Any],
                 overlap_parquet: str | Path | None, reports_dir: str | Path, templates: str | Sequence[str] = "default",
-                batch_size: int = 64, device: str = "auto", confidence: float = 0.995) -> dict[str, dict[str, Any]]:
-    """Zero-shot evaluate ``checkpoint`` on each eval set (ImageFolder) and write the overlap report; return it.
+                batch_size: int = 64, device: str = "auto", confidence: float = 0.995, workers: int = 0,
+                plot: bool = True) -> dict[str, dict[str, Any]]:
+    """Zero-shot evaluate ``checkpoint`` on each eval set and write the overlap report; return it.
 
-    ``model_name=None`` reads the model from the run's ``params.txt``; ``templates`` is a set name
-    (default, simple, openai) or a list of prompt templates; ``overlap_parquet=None`` means no overlap.
+    ``eval_sets`` maps names to an ImageFolder path, a WebDataset folder/pattern, or an
+    :class:`~training.zeroshot.EvalSpec` (or a mapping of its fields); ``model_name=None`` reads the model
+    from the run's ``params.txt``; ``templates`` is a set name (default, simple, openai), a templates file
+    or a list of prompt templates; ``overlap_parquet=None`` means no overlap.
     Returns ``{eval_set: {n_all, n_overlap, n_clean, acc_all, acc_clean, acc_overlap, delta, p_value, ci_low,
-    ci_high, overlap_pct, n_overlap_unmatched}}`` with None where a subset is empty.
+    ci_high, overlap_pct, n_overlap_unmatched, n_classes, top5: {...}, per_class: {...}}}`` with None where a
+    subset is empty.
     """
-    from training.zeroshot import classify_folder, load_model
+    from training.zeroshot import classify_eval_set, load_model
 
     if not eval_sets:
         raise WitError("overlap: no eval sets given")
@@ -152,12 +235,12 @@ def run_overlap(checkpoint: str | Path, model_name: str | None, eval_sets: Mappi
     lm = load_model(checkpoint, model_name, device)
     report: dict[str, dict[str, Any]] = {}
     predictions: list[dict[str, Any]] = []
-    for name, folder in sorted(eval_sets.items()):
-        rows = classify_folder(lm, folder, templates, batch_size)
+    for name, spec in sorted(eval_sets.items()):
+        rows = classify_eval_set(lm, spec, templates, batch_size, workers)
         ids = flagged.get(name, set())
-        correct = {r["eval_id"]: r["correct"] for r in rows}
-        report[name] = overlap_stats(correct, ids, confidence)
-        report[name]["n_overlap_unmatched"] = len(ids - set(correct))
+        report[name] = eval_set_stats(rows, ids, confidence)
+        report[name]["n_overlap_unmatched"] = len(ids - {r["eval_id"] for r in rows})
+        report[name]["n_classes"] = len(report[name]["per_class"])
         predictions += [{"eval_set": name, **r, "overlap": r["eval_id"] in ids} for r in rows]
-    write_reports(report, predictions, reports_dir, confidence)
+    write_reports(report, predictions, reports_dir, confidence, plot)
     return report

@@ -84,6 +84,49 @@ def test_overlap_stats_empty_subsets_are_null() -> None:
     assert empty["n_all"] == 0 and empty["acc_all"] is None and empty["overlap_pct"] is None
 
 
+def test_top5_and_per_class_by_hand() -> None:
+    # 8 images of 2 classes; overlap = a/0, a/1, b/0. Top-1: a/0 a/1 a/2 b/1 right; top-5 adds a/3 and b/0, b/2.
+    rows = [{"eval_id": f"{c}/{i}", "label": c, "correct": ok1, "top5_correct": ok5}
+            for c, i, ok1, ok5 in [("a", 0, 1, 1), ("a", 1, 1, 1), ("a", 2, 1, 1), ("a", 3, 0, 1),
+                                    ("b", 0, 0, 1), ("b", 1, 1, 1), ("b", 2, 0, 1), ("b", 3, 0, 0)]]
+    stats = O.eval_set_stats(rows, {"a/0", "a/1", "b/0"})
+    assert (stats["n_all"], stats["n_overlap"], stats["n_clean"]) == (8, 3, 5)
+    assert (stats["acc_all"], stats["acc_overlap"], stats["acc_clean"]) == pytest.approx((4 / 8, 2 / 3, 2 / 5))
+    top5 = stats["top5"]
+    # top-5: overlap 3/3, clean 4/5 (b/3 missed), all 7/8
+    assert (top5["acc_all"], top5["acc_overlap"], top5["acc_clean"]) == pytest.approx((7 / 8, 1.0, 4 / 5))
+    assert top5["delta"] == pytest.approx(7 / 8 - 4 / 5)
+    assert top5["p_value"] == pytest.approx(0.8 ** 3)  # P(X >= 3), X ~ Bin(3, 0.8)
+    assert (top5["ci_low"], top5["ci_high"]) == pytest.approx(((0.0025) ** (1 / 3), 1.0))  # k = n closed form
+    per_class = stats["per_class"]
+    assert per_class["a"] == {"n_all": 4, "n_overlap": 2, "acc_all": 0.75, "acc_clean": 0.5, "acc_overlap": 1.0,
+                              "acc5_all": 1.0}
+    assert per_class["b"] == {"n_all": 4, "n_overlap": 1, "acc_all": 0.25, "acc_clean": pytest.approx(1 / 3),
+                              "acc_overlap": 0.0, "acc5_all": 0.75}
+    text = O.markdown_table({"set": stats})
+    assert "## Top-5 accuracy" in text and "| set | 87.5 | 80.0 | 100.0 | 7.50 | 0.512 |" in text
+    assert "## Per class: set" in text and "| b | 4 | 1 | 25.0 | 33.3 | 0.0 | 75.0 |" in text
+
+
+def test_plot_and_delta_interval_by_hand(tmp_path: Path) -> None:
+    from training import plots as P
+
+    r = O.overlap_stats({f"c/{i}.jpg": ok for i, ok in enumerate([1, 1, 1, 0, 1, 1, 1, 0, 0, 0])},
+                        ["c/0.jpg", "c/1.jpg", "c/2.jpg", "c/3.jpg"])
+    low, high = P.delta_interval(r)  # f = 0.4: All - Clean = 0.4 * (acc_overlap - acc_clean)
+    assert (low, high) == pytest.approx((0.4 * (r["ci_low"] - 0.5), 0.4 * (r["ci_high"] - 0.5)))
+    assert low <= r["delta"] <= high and r["delta"] == pytest.approx(0.4 * (0.75 - 0.5))
+    assert P.interval(0.5, 6, 0.995) == pytest.approx((beta.ppf(0.0025, 3, 4), beta.ppf(0.9975, 4, 3)))
+    assert P.interval(None, 0, 0.995) is None and P.delta_interval(O.overlap_stats({"a": True}, [])) is None
+    empty = {"none": O.overlap_stats({"a": True, "b": False}, []), "all": O.overlap_stats({"a": True}, ["a"])}
+    # Overlap all right (ci_high = 1): f * (1 - acc_clean) equals delta only up to rounding.
+    perfect = O.overlap_stats({f"x{i}": i < 2 or i % 3 == 0 for i in range(12)}, ["x0", "x1"])
+    low, high = P.delta_interval(perfect)
+    assert high == pytest.approx(perfect["delta"]) and low < perfect["delta"]
+    out = P.plot_overlap({"ten": r, "perfect": perfect, **empty}, tmp_path / "r" / "overlap.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(out.parent.glob(".tmp-*"))
+
+
 def test_read_overlap_ids(tmp_path: Path) -> None:
     path = tmp_path / "overlap.parquet"
     pq.write_table(pa.table({"eval_set": ["s", "s", "s", "t"], "eval_id": ["a/1.jpg", "./a/2.jpg", "a/1.jpg", "b/1.jpg"],
@@ -184,7 +227,33 @@ def test_run_overlap_end_to_end(checkpoint: Path, eval_folder: Path, tmp_path: P
     assert r["acc_all"] == pytest.approx(sum(p["correct"] for p in preds) / 6)
     assert all(p["pred"] in CLASSES and (p["top5_correct"] or not p["correct"]) for p in preds)
     assert all(p["top5_correct"] for p in preds)  # 3 classes: the label is always in the top 3
+    assert r["top5"]["acc_all"] == 1.0 and r["n_classes"] == 3
+    assert set(r["per_class"]) == set(CLASSES) and sum(c["n_overlap"] for c in r["per_class"].values()) == 2
+    assert (reports / "overlap.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(reports.glob(".tmp-*"))
+
+
+def test_run_overlap_on_webdataset_eval_set(checkpoint: Path, tmp_path: Path) -> None:
+    import io
+
+    import webdataset as wds
+
+    shards = tmp_path / "wds"
+    shards.mkdir()
+    with wds.TarWriter(str(shards / "000.tar")) as sink:
+        for i, (name, colour) in enumerate(list(CLASSES.items()) * 2):
+            buf = io.BytesIO()
+            Image.new("RGB", (32, 32), colour).save(buf, "JPEG")
+            sink.write({"__key__": f"s{i}", "jpg": buf.getvalue(), "cls": str(i % 3)})
+    (shards / "classnames.txt").write_text("\n".join(CLASSES) + "\n")
+    overlap = tmp_path / "overlap.parquet"
+    pq.write_table(pa.table({"eval_set": ["wds"], "eval_id": ["s4"], "key": ["1"], "distance": [0]}), overlap)
+    templates = tmp_path / "prompts.txt"
+    templates.write_text("a {} on grey.\n")
+    report = O.run_overlap(checkpoint, None, {"wds": {"path": str(shards)}}, overlap, tmp_path / "reports",
+                           templates=str(templates), batch_size=4, device="cpu", plot=False)
+    assert (report["wds"]["n_all"], report["wds"]["n_overlap"]) == (6, 1)
+    assert not (tmp_path / "reports" / "overlap.png").exists()
 
 
 def test_missing_eval_folder_is_one_line_error(checkpoint: Path, tmp_path: Path) -> None:
