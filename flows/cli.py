@@ -228,7 +228,8 @@ def _stage_parsers(subs: Any) -> None:
     p.add_argument("shards", help="output shards folder")
     p.add_argument("--eval-index", nargs="*", metavar="NAME=DIR", help="eval indexes to dedup against")
     p.add_argument("--overlap-dir", default="overlap", help="where overlap.parquet is written")
-    p = _sub(subs, "train", cmd_train, "Contrastive training with open_clip on the shards.", TrainConfig)
+    p = _sub(subs, "train", cmd_train, "Contrastive training with open_clip on the shards. "
+             "Options after `--` go to open_clip_train unchanged, e.g. `-- --grad-clip-norm 1.0`.", TrainConfig)
     p.add_argument("shards", help="shards folder (with sizes.json)")
     p.add_argument("out", help="training output folder (logs, checkpoints, results.jsonl)")
     p = _sub(subs, "overlap", cmd_overlap, "Zero-shot accuracy on All / Clean / Overlap subsets (CLIP sec. 5).")
@@ -279,11 +280,25 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; with ``wit train``, everything after ``--`` goes to open_clip unchanged."""
+    passthrough: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1:]
+    args = parser.parse_args(argv)
+    if passthrough:
+        if args.command != "train":
+            parser.error("'-- ARGS' passes options to open_clip_train: only with 'wit train'")
+        args.extra_args = list(getattr(args, "extra_args", None) or []) + passthrough
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     parser = make_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, list(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

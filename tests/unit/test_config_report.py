@@ -103,3 +103,12 @@ def test_bad_archive_in_flow_ends_in_one_line_without_traceback(tmp_path: Path) 
     assert "Traceback" not in run.stdout + run.stderr
     assert "trunc.warc.gz" in run.stderr.strip().splitlines()[-1] or "trunc.warc.gz" in run.stderr
     assert not list((tmp_path / "b" / "candidates").glob("*.parquet"))
+
+
+def test_wit_train_passes_options_after_double_dash_to_open_clip() -> None:
+    from flows.cli import make_parser, parse_args
+
+    args = parse_args(make_parser(), ["train", "shards", "out", "--epochs", "2", "--", "--grad-clip-norm", "1.0"])
+    assert args.extra_args == ["--grad-clip-norm", "1.0"] and args.epochs == 2
+    with pytest.raises(SystemExit):
+        parse_args(make_parser(), ["crawl", "x.warc", "--", "--oops"])
