@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from pipeline.config import field
 from pipeline.errors import WitError
-from pipeline.io import atomic_path, clean_tmp, parquet_files, read_json, write_json, write_parquet
+from pipeline.io import atomic_path, checked_parts, clean_tmp, read_json, write_json, write_parquet
 from pipeline.queries import QueryMatcher, build_queries, load_queries, query_hash, save_queries
 from pipeline.stats import StageStats
 
@@ -120,21 +120,7 @@ def run_balance(input_dir: str | Path, out_dir: str | Path, cfg: BalanceConfig =
 
 def input_parts(input_dir: str | Path) -> list[Path]:
     """The finished parquet parts of ``input_dir``, each checked for ``uid`` and ``caption``."""
-    folder = Path(input_dir)
-    if not folder.is_dir():
-        raise WitError(f"{folder}: input folder not found")
-    parts = parquet_files(folder)
-    if not parts:
-        raise WitError(f"{folder}: no parquet parts to balance (has the filter stage run?)")
-    for part in parts:
-        try:
-            names = pq.read_schema(part).names
-        except (pa.ArrowException, OSError) as exc:
-            raise WitError(f"{part}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
-        missing = [c for c in REQUIRED_COLUMNS if c not in names]
-        if missing:
-            raise WitError(f"{part}: no '{missing[0]}' column (has: {', '.join(names)})")
-    return parts
+    return checked_parts(input_dir, REQUIRED_COLUMNS, "balance (has the filter stage run?)")
 
 
 def resolve_queries(parts: list[Path], out: Path, cfg: BalanceConfig) -> tuple[list[str], str]:

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import importlib
 import io
-import json
 import logging
 import math
 import multiprocessing
@@ -55,8 +53,10 @@ from dedup.phash import bytes_hashes
 from dedup.search import DEFAULT_MAX_DISTANCE, HashIndex
 from pipeline import netguard_urllib as netguard
 from pipeline.config import field
+from pipeline.download_plan import fingerprint as plan_fingerprint
+from pipeline.download_plan import input_files
 from pipeline.errors import WitError
-from pipeline.io import clean_tmp, parquet_files, read_json, write_json, write_parquet
+from pipeline.io import clean_tmp, read_json, write_json, write_parquet
 from pipeline.stats import StageStats
 
 log = logging.getLogger(__name__)
@@ -189,23 +189,6 @@ def shard_name(shard_id: int) -> str:
     return f"{shard_id:0{SHARD_DIGITS}d}"
 
 
-def _input_files(input_dir: Path) -> list[Path]:
-    files = [input_dir] if input_dir.is_file() else parquet_files(input_dir)
-    if not files:
-        raise WitError(f"{input_dir}: no parquet parts to download (has the filter stage run?)")
-    return files
-
-
-def _fingerprint(files: list[Path], cfg: Img2datasetConfig) -> str:
-    digest = hashlib.sha256(json.dumps(cfg.shard_options(), sort_keys=True, default=str).encode())
-    for f in files:
-        digest.update(f.name.encode())
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def read_inputs(files: list[Path], keep_columns: tuple[str, ...]) -> pa.Table:
     """``url`` (+ ``caption`` and ``keep_columns`` where present) of all parts, in order."""
     tables = []
@@ -238,8 +221,8 @@ def _load_plan(shards_dir: Path, fingerprint: str) -> Plan | None:
 
 def make_plan(input_dir: Path, shards_dir: Path, cfg: Img2datasetConfig) -> Plan:
     """Screen and stage the input URLs (or reuse the plan of an earlier run on the same input)."""
-    files = _input_files(input_dir)
-    fingerprint = _fingerprint(files, cfg)
+    files = input_files(input_dir)
+    fingerprint = plan_fingerprint(files, cfg)
     plan = _load_plan(shards_dir, fingerprint)
     if plan is not None:
         log.info("%s: reusing the download plan of an earlier run", shards_dir)

@@ -33,7 +33,7 @@ from pipeline.caption_rules import (RULE_ORDER, Batch, ControlCharsRule, Duplica
 from pipeline.config import field
 from pipeline.dedup_exact import build_repeat_index
 from pipeline.errors import WitError
-from pipeline.io import TMP_PREFIX, atomic_path, clean_tmp, parquet_files, read_json, write_json
+from pipeline.io import TMP_PREFIX, atomic_path, checked_parts, clean_tmp, read_json, write_json
 from pipeline.stats import StageStats
 
 STAGE = "filter"
@@ -132,26 +132,7 @@ def _work_dir(out: Path) -> Iterator[Path]:
 
 def input_parts(input_dir: str | Path) -> list[Path]:
     """The finished parquet parts of ``input_dir``, each checked for the required columns."""
-    folder = Path(input_dir)
-    if not folder.is_dir():
-        raise WitError(f"{folder}: input folder not found")
-    parts = parquet_files(folder)
-    if not parts:
-        raise WitError(f"{folder}: no parquet parts to filter")
-    for part in parts:
-        names = _schema(part).names
-        for column in REQUIRED_COLUMNS:
-            if column not in names:
-                raise WitError(f"{part}: no '{column}' column (has: {', '.join(names)})")
-    return parts
-
-
-def _schema(part: Path) -> pa.Schema:
-    """The arrow schema of a parquet file, with a one-line error when it cannot be read."""
-    try:
-        return pq.read_schema(part)
-    except (pa.ArrowException, OSError) as exc:
-        raise WitError(f"{part}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
+    return checked_parts(input_dir, REQUIRED_COLUMNS, "filter")
 
 
 def sidecar_path(out: Path, name: str) -> Path:

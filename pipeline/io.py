@@ -16,6 +16,8 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import WitError
+
 TMP_PREFIX = ".tmp-"
 
 
@@ -87,3 +89,30 @@ def parquet_files(folder: str | os.PathLike) -> list[Path]:
     """The finished parquet parts of a dataset folder, sorted (temporary files excluded)."""
     folder = Path(folder)
     return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX))
+
+
+def read_schema(part: str | os.PathLike) -> pa.Schema:
+    """The arrow schema of a parquet file, with a one-line error when it cannot be read."""
+    try:
+        return pq.read_schema(part)
+    except (pa.ArrowException, OSError) as exc:
+        raise WitError(f"{part}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
+
+
+def checked_parts(input_dir: str | os.PathLike, required: tuple[str, ...], hint: str) -> list[Path]:
+    """The finished parquet parts of ``input_dir``, each checked for the ``required`` columns.
+
+    ``hint`` completes "no parquet parts to ..." when the folder holds none.
+    """
+    folder = Path(input_dir)
+    if not folder.is_dir():
+        raise WitError(f"{folder}: input folder not found")
+    parts = parquet_files(folder)
+    if not parts:
+        raise WitError(f"{folder}: no parquet parts to {hint}")
+    for part in parts:
+        names = read_schema(part).names
+        missing = [c for c in required if c not in names]
+        if missing:
+            raise WitError(f"{part}: no '{missing[0]}' column (has: {', '.join(names)})")
+    return parts
