@@ -15,11 +15,11 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import stages
 from flows.config import BuildConfig, build_config
+from flows.train_flow import train_wit
 from pipeline.errors import WitError
 from pipeline.report import funnel_lines, overlap_lines
 
-# Retries where a failure can be transient: downloads (network, a lost Ray worker) and training
-# (a killed trainer resumes from its latest checkpoint). Pure CPU stages fail the same way twice.
+
 class _OneLineWitErrors(logging.Filter):
     """Prefect logs failed task and flow runs with a traceback; a WitError is bad input, so one line."""
 
@@ -33,6 +33,8 @@ for _name in ("prefect.task_runs", "prefect.flow_runs"):
     logging.getLogger(_name).addFilter(_OneLineWitErrors())
 
 
+# Retries where a failure can be transient: downloads (network, a lost Ray worker). Pure CPU stages fail
+# the same way twice; training retries inside the train-wit subflow (a killed trainer resumes).
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry only failures that may pass: a WitError (bad input or config) fails the same way again."""
     return not isinstance(state.result(raise_on_failure=False), WitError)
@@ -44,14 +46,13 @@ filter_task = task(stages.filter_pairs, name="filter", cache_policy=NO_CACHE)
 balance_task = task(stages.balance, name="balance", cache_policy=NO_CACHE)
 eval_index_task = task(stages.eval_index, name="eval-index", cache_policy=NO_CACHE)
 download_task = task(stages.download, name="download", retries=2, retry_delay_seconds=5, retry_condition_fn=_transient, cache_policy=NO_CACHE)
-train_task = task(stages.train, name="train", retries=1, retry_delay_seconds=5, retry_condition_fn=_transient, cache_policy=NO_CACHE)
-overlap_task = task(stages.overlap, name="overlap", cache_policy=NO_CACHE)
 report_task = task(stages.report, name="report", cache_policy=NO_CACHE)
 
 TASKS = {
     "crawl": crawl_task, "filter": filter_task, "balance": balance_task, "eval_index": eval_index_task, "download": download_task,
-    "train": train_task, "overlap": overlap_task, "report": report_task,
+    "report": report_task,
 }
+MODEL_STAGES = ("train", "overlap")  # run together by the train-wit subflow
 
 
 def _publish(report: dict[str, Any]) -> None:
@@ -62,6 +63,15 @@ def _publish(report: dict[str, Any]) -> None:
                              description=f"wit-builder build {report['build_dir']}")
 
 
+def _train_and_analyse(cfg: BuildConfig, config: dict[str, Any] | None, config_path: str | None) -> dict[str, Any]:
+    """The train and overlap stages as the ``train-wit`` subflow (training where the GPUs are, then CLIP's
+    section 5 analysis, with its artifacts); it gets the same config the parent got."""
+    get_run_logger().info("stages %s as the train-wit subflow", " + ".join(s for s in MODEL_STAGES if s in cfg.stages))
+    sub = train_wit(config=config, config_path=config_path, train="train" in cfg.stages,
+                    analyse="overlap" in cfg.stages)
+    return {name: sub[name] for name in (*MODEL_STAGES, "artifacts") if name in sub}
+
+
 @flow(name="build-wit", log_prints=True)
 def build_wit(config: dict[str, Any] | None = None, config_path: str | None = None) -> dict[str, Any]:
     """Build a WIT-style dataset (and train on it) as configured; returns each stage's result."""
@@ -69,6 +79,10 @@ def build_wit(config: dict[str, Any] | None = None, config_path: str | None = No
     logger = get_run_logger()
     results: dict[str, Any] = {}
     for name in cfg.stages:
+        if name in MODEL_STAGES:
+            if "artifacts" not in results:  # one subflow run does both
+                results.update(_train_and_analyse(cfg, config, config_path))
+            continue
         logger.info("stage %s", name)
         results[name] = TASKS[name](cfg)
     if "report" in results:

@@ -7,8 +7,8 @@ to the flow run as artifacts: a markdown report (``train-wit-overlap``), a table
 the figure-17 plot as an image (``train-wit-overlap-plot``, a PNG data URL) and a link to
 ``reports/overlap.png``.
 
-As a subflow of ``build-wit``: ``train_wit(config=dataclasses.asdict(cfg))`` (or the same ``config`` /
-``config_path`` the parent got) in place of the train and overlap tasks. Standalone:
+``build-wit`` runs its train and overlap stages as this flow (a subflow run, with the same ``config`` /
+``config_path`` the parent got), so its artifacts sit under the build's flow run. Standalone:
 ``python -m flows.train_flow --config FILE`` (no server needed; ephemeral API).
 """
 from __future__ import annotations

@@ -113,3 +113,25 @@ def test_trained_model_beats_chance(build: dict) -> None:
     assert overlap["n_overlap"] > 0
     assert overlap["acc_all"] >= 2.5 / n_classes, overlap
     assert (build["out"] / "train" / "results.jsonl").is_file()
+
+
+def test_training_ran_as_train_wit_subflow_with_artifacts(build: dict) -> None:
+    """build-wit hands train + overlap to the train-wit flow, whose artifacts are on the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowFilter, FlowFilterName
+
+    assert {"train", "overlap"} <= set(build["results"])
+    assert "train-wit-overlap-table" in build["results"]["artifacts"]
+
+    async def read() -> tuple[list, list]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["train-wit"])))
+            arts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["train-wit-overlap-table"])))
+            return runs, arts
+
+    import asyncio
+
+    runs, arts = asyncio.run(read())
+    assert runs and all(r.parent_task_run_id is not None for r in runs), "train-wit ran, as a subflow"
+    assert arts and any("acc_clean" in str(a.data) for a in arts)
