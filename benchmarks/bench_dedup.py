@@ -45,7 +45,7 @@ PHOTOS = ("astronaut", "brick", "camera", "cell", "chelsea", "clock_motion", "co
           "rocket", "text")
 MIN_TILE_STD = 12.0
 SWEEP_R1 = (4, 6, 8, 10, 12)
-SWEEP_R2 = (60, 64, 70, 76, 82, 90, 256)
+SWEEP_R2 = (40, 48, 52, 56, 60, 64, 70, 76, 82, 90, 256)
 Edit = Callable[[Image.Image, np.random.Generator], Image.Image]
 
 

@@ -7,12 +7,14 @@
    per shard (:mod:`pipeline.download_plan`); a re-run on the same input reuses it.
 3. **download** (one Ray task per unfinished shard, :mod:`pipeline.download_shard`): fetch behind the
    address guard with per-host limits, opt-out headers, byte/pixel caps and timeouts
-   (:mod:`pipeline.download_fetch`); decode each image once, pHash it before resizing, match it against
-   the eval indexes, resize/encode it with img2dataset's semantics (:mod:`pipeline.download_image`);
+   (:mod:`pipeline.download_fetch`); decode each image once, hash it before resizing (pHash, mirrored,
+   border-trimmed and DCT sign hashes), match it against the eval indexes with the robust detector of
+   ``wit dedup`` (:mod:`dedup.match`: flips, crops, padding, rotations), resize/encode it with img2dataset's semantics (:mod:`pipeline.download_image`);
    commit the shard atomically. Ray retries a task whose worker died or that raised (``shard_retries``);
    shards still failing are counted as ``shard_failed`` and redone by the next run.
    With ``retry_failed``, finished shards re-fetch their retryable failures and are re-committed merged.
-4. **outputs**: ``overlap_dir/overlap.parquet`` (``eval_set``, ``eval_id``, ``key``, ``distance``, ``url``;
+4. **outputs**: ``overlap_dir/overlap.parquet`` (``eval_set``, ``eval_id``, ``key``, ``distance``,
+   ``dct_distance``, ``variant``, ``url``;
    shards matched against other eval indexes are re-matched from their stored hashes),
    ``shards_dir/sizes.json`` (samples per tar, for open_clip) and ``shards_dir/_stats.json``.
 
@@ -35,8 +37,8 @@ from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
-from dedup.index import INDEX_FILE, load_hash_index
-from dedup.search import HashIndex
+from dedup.index import INDEX_FILE, load_robust_index
+from dedup.match import RobustIndex
 from pipeline.download_config import DownloadConfig
 from pipeline.download_plan import Plan, make_plan
 from pipeline.download_reasons import error_reason, is_retryable
@@ -79,7 +81,7 @@ def ray_session(cfg: DownloadConfig) -> Iterator[None]:
         ray.shutdown()
 
 
-def run_shard_tasks(jobs: list[tuple[Callable[..., Any], ShardJob]], indexes: dict[str, HashIndex],
+def run_shard_tasks(jobs: list[tuple[Callable[..., Any], ShardJob]], indexes: dict[str, RobustIndex],
                     cfg: DownloadConfig) -> dict[int, dict[str, Any] | None]:
     """Run ``fn(job, indexes)`` per job as Ray tasks, at most 2 per cluster CPU in flight; return each
     shard's stats, or None for a shard whose task still failed after ``shard_retries`` retries."""
@@ -117,9 +119,9 @@ def _result(ray: Any, ref: Any, shard_id: int, cfg: DownloadConfig) -> dict[str,
 
 # ---------------------------------------------------------------- driver
 
-def eval_fingerprint(eval_indexes: dict[str, Path], max_distance: int) -> str:
-    """Identifies the eval indexes (file bytes) and radius the stored overlap rows were computed with."""
-    digest = hashlib.sha256(f"max_distance={max_distance}".encode())
+def eval_fingerprint(eval_indexes: dict[str, Path], cfg: DownloadConfig) -> str:
+    """Identifies the eval indexes (file bytes) and thresholds the stored overlap rows were computed with."""
+    digest = hashlib.sha256(f"max_distance={cfg.max_distance} max_dct_distance={cfg.max_dct_distance}".encode())
     for name, path in sorted(eval_indexes.items()):
         file = path / INDEX_FILE if path.is_dir() else path
         digest.update(name.encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
@@ -145,7 +147,7 @@ def _jobs(plan: Plan, shards_dir: Path, cfg: DownloadConfig, fingerprint: str
     return jobs
 
 
-def build_shards(plan: Plan, shards_dir: Path, cfg: DownloadConfig, indexes: dict[str, HashIndex],
+def build_shards(plan: Plan, shards_dir: Path, cfg: DownloadConfig, indexes: dict[str, RobustIndex],
                  fingerprint: str) -> tuple[list[int], dict[str, int]]:
     """Run the shard tasks this folder needs (Ray is started only if there are any):
     ``(failed shard ids, {"downloaded_shards", "retried_shards", "retried_urls"})``."""
@@ -164,14 +166,14 @@ def build_shards(plan: Plan, shards_dir: Path, cfg: DownloadConfig, indexes: dic
                     "retried_urls": sum(r.get("retried", 0) for r in retried if r is not None)}
 
 
-def collect_overlap(shards_dir: Path, shard_ids: list[int], indexes: dict[str, HashIndex], cfg: DownloadConfig,
+def collect_overlap(shards_dir: Path, shard_ids: list[int], indexes: dict[str, RobustIndex], cfg: DownloadConfig,
                     fingerprint: str) -> tuple[pa.Table, int]:
     """All shards' overlap rows, sorted; shards matched against other indexes are re-matched (counted)."""
     tables, rematched = [pa.table({n: [] for n in OVERLAP_SCHEMA.names}, schema=OVERLAP_SCHEMA)], 0
     for shard_id in shard_ids:
         table = read_overlap(overlap_path(shards_dir, shard_id), fingerprint)
         if table is None:
-            table = overlap_from_parquet(shards_dir, shard_id, indexes, cfg.max_distance, fingerprint)
+            table = overlap_from_parquet(shards_dir, shard_id, indexes, cfg.match_config(), fingerprint)
             rematched += 1
         tables.append(table.cast(OVERLAP_SCHEMA))
     overlap = pa.concat_tables(tables)
@@ -179,7 +181,7 @@ def collect_overlap(shards_dir: Path, shard_ids: list[int], indexes: dict[str, H
 
 
 def run_stats(plan: Plan, shard_stats: dict[int, dict[str, Any]], failed: list[int], overlap: pa.Table,
-              indexes: dict[str, HashIndex], cfg: DownloadConfig) -> StageStats:
+              indexes: dict[str, RobustIndex], cfg: DownloadConfig) -> StageStats:
     stats = StageStats(stage="download", inputs=plan.inputs)
     for s in shard_stats.values():
         stats.kept += s["successes"]
@@ -192,6 +194,7 @@ def run_stats(plan: Plan, shard_stats: dict[int, dict[str, Any]], failed: list[i
         eval_duplicates={n: len({i for s, i in zip(sets, ids) if s == n}) for n in sorted(indexes)},
         eval_duplicate_samples={n: len({k for s, k in zip(sets, keys) if s == n}) for n in sorted(indexes)},
         retryable_failures=sum(_retryable_count(s) for s in shard_stats.values()), max_distance=cfg.max_distance,
+        max_dct_distance=cfg.max_dct_distance,
     )
     return stats
 
@@ -209,7 +212,7 @@ def _prepare(shards_dir: Path, overlap_dir: Path) -> None:
         (shards_dir / name).unlink(missing_ok=True)
 
 
-def write_outputs(plan: Plan, shards_dir: Path, overlap_dir: Path, indexes: dict[str, HashIndex],
+def write_outputs(plan: Plan, shards_dir: Path, overlap_dir: Path, indexes: dict[str, RobustIndex],
                   cfg: DownloadConfig, fingerprint: str, failed: list[int]) -> StageStats:
     """``overlap.parquet``, ``sizes.json`` and the run's stats, from the finished shards' files."""
     done = sorted(done_shards(shards_dir) & set(range(plan.n_shards)))
@@ -239,8 +242,8 @@ def run_download(input_dir: str | os.PathLike, shards_dir: str | os.PathLike, cf
     shards_dir = Path(shards_dir)
     overlap_dir = Path(overlap_dir) if overlap_dir is not None else shards_dir.parent / "overlap"
     eval_paths = {name: Path(path) for name, path in (eval_indexes or {}).items()}
-    indexes = {name: load_hash_index(path) for name, path in eval_paths.items()}
-    fingerprint = eval_fingerprint(eval_paths, cfg.max_distance)
+    indexes = {name: load_robust_index(path, cfg.max_distance) for name, path in eval_paths.items()}
+    fingerprint = eval_fingerprint(eval_paths, cfg)
     _prepare(shards_dir, overlap_dir)
     plan = make_plan(Path(input_dir), shards_dir, cfg)
     failed, counts = build_shards(plan, shards_dir, cfg, indexes, fingerprint)

@@ -5,7 +5,7 @@ import dataclasses
 import ipaddress
 from typing import Any
 
-from dedup.search import DEFAULT_MAX_DISTANCE
+from dedup.match import MAX_DCT_DISTANCE, MAX_DISTANCE, MatchConfig
 from pipeline.config import field
 from pipeline.errors import WitError
 
@@ -63,7 +63,10 @@ class DownloadConfig:
                                                        "local mirror); every other private address stays refused")
     fast_decode: bool = field(True, help="decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) when that still "
                                          "leaves at least image_size pixels: same content, ~2x less decoding")
-    max_distance: int = field(DEFAULT_MAX_DISTANCE, help="pHash Hamming radius for eval near-duplicates (0-64)")
+    max_distance: int = field(MAX_DISTANCE, help="pHash Hamming radius of the eval near-duplicate search (0-32): "
+                                                 "the robust detector of `wit dedup`, same defaults")
+    max_dct_distance: int = field(MAX_DCT_DISTANCE, help="a pHash candidate is an eval near-duplicate when its "
+                                                         "256-bit DCT sign hashes differ in at most this many bits")
     drop_eval_duplicates: bool = field(False, help="leave eval near-duplicates out of the shards (reason "
                                                    "eval_duplicate) instead of only listing them in overlap/")
     ray_address: str | None = field(None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
@@ -85,7 +88,8 @@ class DownloadConfig:
             (self.max_image_bytes > 0 and self.max_image_pixels > 0, "max_image_bytes/pixels must be positive"),
             (self.user_agent.strip() != "" and not set("\r\n") & set(self.user_agent),
              "user_agent must be one non-empty line"),
-            (0 <= self.max_distance <= 64, "max_distance must be between 0 and 64"),
+            (0 <= self.max_distance <= 32, "max_distance must be between 0 and 32"),
+            (0 <= self.max_dct_distance <= 256, "max_dct_distance must be between 0 and 256"),
             (not set(self.keep_columns) & RESERVED_COLUMNS,
              f"keep_columns may not name the shards' own columns ({', '.join(sorted(RESERVED_COLUMNS))})"),
         ]
@@ -104,3 +108,7 @@ class DownloadConfig:
                  "encode_quality", "number_sample_per_shard", "keep_columns", "allow_private_networks",
                  "drop_eval_duplicates")
         return {n: getattr(self, n) for n in names}
+
+    def match_config(self) -> MatchConfig:
+        """The eval near-duplicate detector's thresholds (:mod:`dedup.match`)."""
+        return MatchConfig(self.max_distance, self.max_dct_distance)

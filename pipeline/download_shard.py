@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dedup.phash import HASH_SCHEMA
-from dedup.search import HashIndex
+from dedup.match import MATCH_SCHEMA, MatchConfig, RobustIndex, match_table
 from pipeline.download_config import DownloadConfig
 from pipeline.download_fetch import Fetched, map_unordered, new_fetcher
 from pipeline.download_reasons import Dropped, is_retryable
@@ -54,8 +54,9 @@ WORK_DIR = "_work"
 OVERLAP_DIR = "_overlap"
 COMMIT = "COMMIT"
 MATCH_BATCH = 256
-OVERLAP_SCHEMA = pa.schema([("eval_set", pa.string()), ("eval_id", pa.string()), ("key", pa.string()),
-                            ("distance", pa.int32()), ("url", pa.string())])
+OVERLAP_SCHEMA = MATCH_SCHEMA.append(pa.field("url", pa.string()))
+MATCH_INPUT_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("url", pa.string()),
+                                pa.field("status", pa.string()), *HASH_SCHEMA])
 META_FIELDS = [pa.field("key", pa.string()), pa.field("status", pa.string()), pa.field("error_message", pa.string()),
                pa.field("width", pa.int32()), pa.field("height", pa.int32()),
                pa.field("original_width", pa.int32()), pa.field("original_height", pa.int32()),
@@ -102,22 +103,13 @@ class ShardJob:
 
 # ---------------------------------------------------------------- eval matching
 
-def shard_overlap(table: pa.Table, indexes: dict[str, HashIndex], max_distance: int) -> pa.Table:
-    """Overlap rows (``OVERLAP_SCHEMA``) of a shard table's successful, hashed samples against every index."""
-    rows: dict[str, list[Any]] = {n: [] for n in OVERLAP_SCHEMA.names}
+def shard_overlap(table: pa.Table, indexes: dict[str, RobustIndex], cfg: MatchConfig) -> pa.Table:
+    """Overlap rows (``OVERLAP_SCHEMA``) of a shard table's successful, hashed samples against every index,
+    by the robust detector of ``wit dedup`` (:func:`dedup.match.match_table`) on the stored hash columns."""
     hashed = table.filter(pc.and_(pc.equal(table["status"], "success"), pc.is_valid(table["phash"])))
-    if hashed.num_rows and indexes:
-        phash = hashed["phash"].to_numpy()
-        flip = pc.coalesce(hashed["phash_flip"], hashed["phash"]).to_numpy()
-        keys, urls = hashed["key"].to_pylist(), hashed["url"].to_pylist()
-        for name, index in sorted(indexes.items()):
-            m = index.search(phash, flip, max_distance)
-            rows["eval_set"] += [name] * len(m)
-            rows["eval_id"] += [str(index.ids[t]) for t in m.target] if index.ids is not None else [None] * len(m)
-            rows["key"] += [keys[q] for q in m.query]
-            rows["distance"] += [int(d) for d in m.distance]
-            rows["url"] += [urls[q] for q in m.query]
-    return pa.table(rows, schema=OVERLAP_SCHEMA)
+    matches = match_table(hashed, indexes, cfg)
+    url_of = dict(zip(hashed["key"].to_pylist(), hashed["url"].to_pylist()))
+    return matches.append_column("url", pa.array([url_of[k] for k in matches["key"].to_pylist()], pa.string()))
 
 
 def write_overlap(table: pa.Table, path: Path, eval_fingerprint: str) -> None:
@@ -183,7 +175,7 @@ def read_tar_samples(path: Path) -> Iterable[tuple[str, dict[str, bytes]]]:
 class ShardBuilder:
     """Collects one shard's rows and samples into a staging folder."""
 
-    def __init__(self, job: ShardJob, indexes: dict[str, HashIndex], staging: Path, with_caption: bool) -> None:
+    def __init__(self, job: ShardJob, indexes: dict[str, RobustIndex], staging: Path, with_caption: bool) -> None:
         from pipeline.download_image import ImageProcessor  # cv2, albumentations: only in workers
 
         self.job, self.cfg, self.indexes, self.staging = job, job.cfg, indexes, staging
@@ -232,15 +224,11 @@ class ShardBuilder:
         self.pending.clear()
 
     def _eval_duplicates(self) -> dict[str, str]:
-        rows = [r for r, _ in self.pending]
-        table = pa.table({"key": [r["key"] for r in rows], "url": [r["url"] for r in rows],
-                          "status": [r["status"] for r in rows], "phash": pa.array([r["phash"] for r in rows],
-                                                                                   pa.int64()),
-                          "phash_flip": pa.array([r["phash_flip"] for r in rows], pa.int64())})
+        table = pa.Table.from_pylist([r for r, _ in self.pending], schema=MATCH_INPUT_SCHEMA)
         found: dict[str, str] = {}
-        for m in shard_overlap(table, self.indexes, self.cfg.max_distance).to_pylist():
-            found.setdefault(m["key"], f"eval near-duplicate of {m['eval_set']}/{m['eval_id']} "
-                                       f"(distance {m['distance']})")
+        for m in shard_overlap(table, self.indexes, self.cfg.match_config()).to_pylist():
+            found.setdefault(m["key"], f"eval near-duplicate of {m['eval_set']}/{m['eval_id']} (pHash distance "
+                                       f"{m['distance']}, DCT {m['dct_distance']}, {m['variant']})")
         return found
 
     def finish(self, schema: pa.Schema, started: float, extra: dict[str, Any]) -> dict[str, Any]:
@@ -249,7 +237,7 @@ class ShardBuilder:
         self.tar.close()
         table = pa.Table.from_pylist(sorted(self.rows, key=lambda r: r["key"]), schema=schema)
         write_parquet(table, self.staging / f"{self.job.name}.parquet")
-        overlap = shard_overlap(table, self.indexes, self.cfg.max_distance)
+        overlap = shard_overlap(table, self.indexes, self.cfg.match_config())
         write_overlap(overlap, self.staging / f"{self.job.name}.overlap.parquet", self.job.eval_fingerprint)
         stats = shard_stats(table, started, attempts=self.attempts, **extra)
         stats["bytes"] = (self.staging / f"{self.job.name}.tar").stat().st_size
@@ -285,13 +273,20 @@ def _fetch_into(builder: ShardBuilder, metas: list[dict[str, Any]]) -> None:
         fetcher.close()
 
 
+def worker_node() -> str:
+    """The Ray node this shard ran on (empty outside Ray): per-shard stats show how a cluster shared the work."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
 def _staging(job: ShardJob) -> Path:
     path = job.folder / WORK_DIR / f"{job.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     path.mkdir(parents=True)
     return path
 
 
-def download_shard(job: ShardJob, indexes: dict[str, HashIndex]) -> dict[str, Any]:
+def download_shard(job: ShardJob, indexes: dict[str, RobustIndex]) -> dict[str, Any]:
     """Build and commit shard ``job.shard_id`` from its row group of the staged URL list; return its stats."""
     started = time.time()
     rows = pq.ParquetFile(job.urls_file).read_row_group(job.shard_id)
@@ -300,7 +295,7 @@ def download_shard(job: ShardJob, indexes: dict[str, HashIndex]) -> dict[str, An
     try:
         builder = ShardBuilder(job, indexes, staging, "caption" in rows.column_names)
         _fetch_into(builder, metas)
-        stats = builder.finish(shard_schema(rows.schema), started, {"retried": 0})
+        stats = builder.finish(shard_schema(rows.schema), started, {"retried": 0, "node": worker_node()})
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -308,7 +303,7 @@ def download_shard(job: ShardJob, indexes: dict[str, HashIndex]) -> dict[str, An
     return stats
 
 
-def retry_shard(job: ShardJob, indexes: dict[str, HashIndex]) -> dict[str, Any]:
+def retry_shard(job: ShardJob, indexes: dict[str, RobustIndex]) -> dict[str, Any]:
     """Re-fetch the retryable failures of finished shard ``job.shard_id`` and commit the merged shard."""
     started = time.time()
     base = job.folder / job.name
@@ -327,7 +322,7 @@ def retry_shard(job: ShardJob, indexes: dict[str, HashIndex]) -> dict[str, Any]:
         builder.rows = [r for r in rows if r["key"] not in redo]
         metas = [{k: v for k, v in r.items() if k not in RESULT_FIELDS} for r in rows if r["key"] in redo]
         _fetch_into(builder, metas)
-        stats = builder.finish(table.schema, started, {"retried": len(redo)})
+        stats = builder.finish(table.schema, started, {"retried": len(redo), "node": worker_node()})
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -388,12 +383,11 @@ def remove_shard(shards_dir: Path, shard_id: int) -> None:
         path.unlink(missing_ok=True)
 
 
-def overlap_from_parquet(shards_dir: Path, shard_id: int, indexes: dict[str, HashIndex], max_distance: int,
+def overlap_from_parquet(shards_dir: Path, shard_id: int, indexes: dict[str, RobustIndex], cfg: MatchConfig,
                          eval_fingerprint: str) -> pa.Table:
     """Re-match a finished shard (its stored hashes) against the current eval indexes and store the rows."""
-    table = pq.read_table(shards_dir / f"{shard_name(shard_id)}.parquet",
-                          columns=["key", "url", "status", "phash", "phash_flip"])
-    overlap = shard_overlap(table, indexes, max_distance)
+    table = pq.read_table(shards_dir / f"{shard_name(shard_id)}.parquet", columns=MATCH_INPUT_SCHEMA.names)
+    overlap = shard_overlap(table, indexes, cfg)
     write_overlap(overlap, overlap_path(shards_dir, shard_id), eval_fingerprint)
     return overlap
 
