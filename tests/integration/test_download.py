@@ -409,3 +409,38 @@ def test_cli_options() -> None:
     assert "wit-builder" in cfg.user_agent and "opted" not in cfg.disallowed_header_directives
     with pytest.raises(WitError, match="allowed_networks"):
         dataclasses.replace(cfg, allowed_networks=("nonsense",)).validate()
+
+
+def letterbox(img: Image.Image, side: int = 260) -> Image.Image:
+    canvas = Image.new("RGB", (side, side), "black")
+    canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+    return canvas
+
+
+def test_workers_catch_crops_padding_and_rotations(site: Site, tmp_path: Path) -> None:
+    """A 10 % crop and a letterbox (22 and 32 pHash bits from their originals: plain pHash misses them) and a
+    small rotation are found by the robust detector in the workers; an unrelated image is not."""
+    w, h = smooth_image(102).size
+    routes = {
+        "/crop10.jpg": (200, "image/jpeg", jpeg(smooth_image(102).crop((w // 10, h // 10, w, h)))),
+        "/letterbox.jpg": (200, "image/jpeg", jpeg(letterbox(smooth_image(104)))),
+        "/rotate4.jpg": (200, "image/jpeg", jpeg(smooth_image(105).rotate(4, resample=Image.BICUBIC))),
+        "/other.jpg": (200, "image/jpeg", jpeg(smooth_image(300))),
+    }
+    server = serve(routes)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    urls = [base + p for p in sorted(routes)]
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"uid": urls, "url": urls}), tmp_path / "in" / "part-00000.parquet")
+    try:
+        stats = run_download(tmp_path / "in", tmp_path / "shards", small_config(allow_private_networks=True),
+                             site.eval_indexes, tmp_path / "overlap")
+    finally:
+        server.shutdown()
+        server.server_close()
+    overlap = pq.read_table(tmp_path / "overlap" / "overlap.parquet").to_pylist()
+    found = {r["url"].rsplit("/", 1)[1]: (r["eval_id"], r["variant"]) for r in overlap}
+    assert {name: eid for name, (eid, _) in found.items()} == {
+        "crop10.jpg": "a/102.jpg", "letterbox.jpg": "b/104.jpg", "rotate4.jpg": "b/105.jpg"}, found
+    assert found["crop10.jpg"][1].startswith("crop") and stats.extra["max_dct_distance"] == 64
+    assert all(r["dct_distance"] <= 64 for r in overlap)
