@@ -10,15 +10,20 @@ and the worst case for the filter, every caption a distinct English sentence (no
 drop, so every row goes through fastText).
 
 Each size runs in a fresh process pinned to one core, timing ``run_filter`` end to end (parquet read,
-duplicate index, rules, parquet write) and reporting its peak RSS (``ru_maxrss``). Writes
-``benchmarks/results/filter.json`` and ``benchmarks/results/caption_quality.json``.
+duplicate index, rules, parquet write, first-use imports and the model load included) and reporting its
+peak RSS (``ru_maxrss``); ``meets_target`` needs every run, the worst case included, at the target per
+CPU-second. A last fresh process profiles the worst case (``profile_of_worst_case``, own CPU time).
+Writes ``benchmarks/results/filter.json`` and ``benchmarks/results/caption_quality.json``.
 
     .venv/bin/python benchmarks/bench_filter.py [--rows 500000] [--scale 10]
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import os
+import pstats
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -189,8 +194,23 @@ def child(args: argparse.Namespace) -> None:
                       "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 
 
-def run_child(folder: Path, label: str) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--child", str(folder)], capture_output=True, text=True, check=True)
+def profile_child(args: argparse.Namespace, top: int = 14) -> None:
+    """Print the top functions by own CPU time of ``run_filter`` on ``args.input`` (one JSON list)."""
+    from pipeline.filter import FilterConfig, run_filter
+
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
+    prof = cProfile.Profile(time.process_time)
+    with tempfile.TemporaryDirectory(prefix="bench-filter-prof-") as out:
+        prof.runcall(run_filter, args.input, out, FilterConfig(progress=False))
+    stream = io.StringIO()
+    pstats.Stats(prof, stream=stream).sort_stats("tottime").print_stats(top)
+    lines = [ln.rstrip() for ln in stream.getvalue().splitlines() if ln.strip()]
+    start = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls"))
+    print(json.dumps(lines[start:start + top + 1]))
+
+
+def run_child(folder: Path, label: str, flag: str = "--child") -> Any:
+    proc = subprocess.run([sys.executable, __file__, flag, str(folder)], capture_output=True, text=True, check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"{label}: {result}", file=sys.stderr)
     return result
@@ -222,10 +242,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=500_000, help="rows of the small input")
     parser.add_argument("--scale", type=int, default=10, help="the large input has rows x scale rows")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--profile-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        args.input = args.child
-        return child(args)
+    if args.child or args.profile_child:
+        args.input = args.child or args.profile_child
+        return child(args) if args.child else profile_child(args)
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
     write_json(RESULTS / "caption_quality.json", caption_quality_report())
     result: dict[str, Any] = {"benchmark": "filter stage (pipeline.filter.run_filter), all rules, one core",
@@ -240,10 +261,12 @@ def main() -> None:
         worst = Path(tmp) / "worst"
         write_parts(worst, args.rows, seed=3, mix={"english": 1.0})
         result["worst_case_all_distinct_english"] = run_child(worst, "all distinct English")
+        result["profile_of_worst_case"] = run_child(worst, "profile", "--profile-child")
     result["runs"] = runs
     result["fasttext_alone"] = lid_only()
     result["peak_rss_ratio_large_to_small"] = round(runs[1]["peak_rss_mib"] / runs[0]["peak_rss_mib"], 2)
-    result["meets_target"] = min(r["captions_per_cpu_s"] for r in runs) >= result["target_captions_per_s"]
+    rates = [r["captions_per_cpu_s"] for r in runs + [result["worst_case_all_distinct_english"]]]
+    result["meets_target"] = min(rates) >= result["target_captions_per_s"]
     result["memory_flat"] = all(r["peak_rss_mib"] < 1024 for r in runs)
     write_json(RESULTS / "filter.json", result)
     print(json.dumps(result, indent=2))

@@ -73,10 +73,24 @@ class _BucketWriter:
 
 
 def bucket_repeats(path: Path) -> np.ndarray:
-    """Sorted positions of the records of one bucket file whose key occurred at a lower position."""
+    """Sorted positions of the records of one bucket file whose key occurred at a lower position.
+
+    An unstable sort of the high key words alone (several times faster than a stable three-key sort)
+    finds the records whose high word occurs more than once; only those are sorted exactly by
+    (hi, lo, position), so a shared high word with different low words is never taken for a repeat.
+    """
     records = np.fromfile(path, dtype=RECORD)
     if len(records) < 2:
         return np.zeros(0, dtype=np.uint64)
+    order = np.argsort(records["hi"])
+    hi = records["hi"][order]
+    tie = hi[1:] == hi[:-1]
+    if not tie.any():
+        return np.zeros(0, dtype=np.uint64)
+    shared = np.zeros(len(records), dtype=bool)
+    shared[1:] |= tie
+    shared[:-1] |= tie
+    records = records[order[shared]]
     records = records[np.lexsort((records["pos"], records["lo"], records["hi"]))]
     same = (records["hi"][1:] == records["hi"][:-1]) & (records["lo"][1:] == records["lo"][:-1])
     return np.sort(records["pos"][1:][same])

@@ -1,18 +1,22 @@
 """Unit tests of the filter stage: each rule alone, the funnel, resume and bad input."""
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.caption_rules import (Batch, ControlCharsRule, DuplicateRule, FilenameRule, HtmlMarkupRule,
-                                    LanguageRule, MojibakeRule, TooFewWordsRule, TooLongRule, TooManyWordsRule,
-                                    TooShortRule, word_counts)
-from pipeline.dedup_exact import build_repeat_index
+import pipeline.caption_rules as caption_rules
+from pipeline.caption_rules import (EXPOSURE_TOKEN, FILENAME_PATTERNS, Batch, ControlCharsRule, DuplicateRule,
+                                    FilenameRule, HtmlMarkupRule, LanguageRule, MojibakeRule, TooFewWordsRule,
+                                    TooLongRule, TooManyWordsRule, TooShortRule, default_lid_model, load_lid_model,
+                                    word_counts)
+from pipeline.dedup_exact import RECORD, bucket_repeats, build_repeat_index
 from pipeline.errors import WitError
 from pipeline.extract import make_uid
 from pipeline.filter import FilterConfig, build_rules, run_filter
@@ -122,6 +126,64 @@ def test_control_chars_mojibake_and_html_markup() -> None:
         [True, True, True, True, False, False, False, False, True]
 
 
+def _full_pass(captions: pa.Array, regex: str) -> np.ndarray:
+    """A regex over every row, without the shared screen (the reference the screened rules must match)."""
+    return np.asarray(pc.match_substring_regex(captions, regex, ignore_case=True).to_numpy(zero_copy_only=False))
+
+
+def _filename_reference(captions: pa.Array,
+                        patterns: dict[str, tuple[str, ...]] = FILENAME_PATTERNS) -> list[str | None]:
+    """The filename rule's score column computed pattern by pattern over every row."""
+    which: list[str | None] = [None] * len(captions)
+    for name, regexes in patterns.items():
+        match = np.logical_and.reduce([_full_pass(captions, regex) for regex in regexes])
+        which = [w if w is not None or not m else name for w, m in zip(which, match)]
+    tokens = pc.count_substring_regex(captions, EXPOSURE_TOKEN, ignore_case=True).to_pylist()
+    return [w if w is not None or t < 2 else "exposure" for w, t in zip(which, tokens)]
+
+
+LABELLED = Path(__file__).resolve().parents[1] / "data" / "captions_labelled.jsonl"
+JUNK = ["A dog\x00 on a mat", "C1 \x85 next line", "CafÃ© de Flore", "Itâ€™s a dog", "Broken \ufffd text",
+        "Tom &amp; Jerry", "A <b>bold</b> dog", "Shot at f/2.8 1/250s", "&nbsp;", "1/125 sec at f/5.6 <br>"]
+
+
+def test_screened_rules_match_full_regex_passes() -> None:
+    """One shared RE2 screen, then each rule's regexes on the screened rows: same columns as full passes."""
+    labelled = [json.loads(line)["caption"] for line in LABELLED.read_text(encoding="utf-8").splitlines() if line]
+    texts = FILENAMES + CAPTIONS + ENGLISH + list(FOREIGN.values()) + JUNK + labelled
+    texts += [t.upper() for t in texts] + [f"{t} {u}" for t, u in zip(texts, reversed(texts))]
+    batch = _batch(texts)
+    for rule in (FilenameRule(), ControlCharsRule(), MojibakeRule(), HtmlMarkupRule()):
+        rule.score(batch)
+    assert batch.columns["filename_pattern"].tolist() == _filename_reference(batch.captions)
+    for rule in (ControlCharsRule(), MojibakeRule(), HtmlMarkupRule()):
+        assert (batch.columns[f"has_{rule.name}"] == _full_pass(batch.captions, rule.regex)).all(), rule.name
+    custom = {"camera": FILENAME_PATTERNS["camera"], "numeric": FILENAME_PATTERNS["numeric"]}
+    alone = _batch(texts)  # custom patterns use their own screen
+    FilenameRule(custom).score(alone)
+    assert alone.columns["filename_pattern"].tolist() == _filename_reference(alone.captions, custom)
+
+
+def test_language_scores_are_fasttext_single_line_predictions() -> None:
+    """The batched path (multilinePredict, dedup, clipping, label table) gives what fastText's one-line
+    ``predict`` gives on each caption, newlines replaced and cut at ``max_chars`` characters."""
+    texts = ENGLISH + list(FOREIGN.values()) + ["A dog\non the\r\nbeach", "Ünïcödé wörds " * 60, ENGLISH[0], "cat",
+                                                 "日本語のテキスト" * 80, "x"]
+    batch = _batch(texts)
+    batch.alive[-1] = False
+    rule = LanguageRule(("en",), 0.5, max_chars=500)
+    rule.score(batch)
+    model = load_lid_model(str(default_lid_model())).model
+    for text, lang, score, alive in zip(texts, batch.columns["lang"].to_pylist(),
+                                        batch.columns["lang_score"].to_pylist(), batch.alive):
+        if not alive:
+            assert lang is None and score is None
+            continue
+        line = text.strip()[:500].replace("\r", " ").replace("\n", " ") + "\n"
+        prob, label = model.f.predict(line, 1, 0.0, "strict")[0]
+        assert (lang, np.float32(score)) == (label.removeprefix("__label__"), np.float32(min(prob, 1.0))), text
+
+
 def test_language_rule_keeps_english_only() -> None:
     rule = LanguageRule(("en",), 0.5)
     batch = _batch(ENGLISH + list(FOREIGN.values()))
@@ -186,6 +248,35 @@ def test_repeat_index_is_exact_across_buckets_and_parts(tmp_path: Path) -> None:
         seen.add(pair)
     assert got.tolist() == expected
     assert not list((tmp_path / "work").glob("bucket-*")), "bucket files are removed once split"
+
+
+@pytest.mark.parametrize("digest", ["xxh3", "blake2b"])
+def test_repeat_index_with_either_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digest: str) -> None:
+    if digest == "blake2b":  # the fallback when xxhash is not installed
+        monkeypatch.setattr(caption_rules, "DIGEST_128", caption_rules._blake2b_128)
+    pairs = [(f"http://x.test/{i % 7}.jpg", f"caption {i % 11}") for i in range(300)]
+    _write_part(tmp_path / "p.parquet", pairs)
+    index = build_repeat_index([], [tmp_path / "p.parquet"], tmp_path / "work", bucket_rows=50, batch_rows=64)
+    assert index.repeats(0).tolist() == [pair in pairs[:i] for i, pair in enumerate(pairs)]
+
+
+def test_bucket_repeats_when_high_key_words_collide(tmp_path: Path) -> None:
+    """Records sharing the high 64 bits but not the low ones are not repeats of each other."""
+    rng = np.random.default_rng(1)
+    hi = rng.integers(0, 4, 2000).astype(np.uint64)  # few high words: many collisions
+    lo = rng.integers(0, 40, 2000).astype(np.uint64)
+    records = np.empty(2000, dtype=RECORD)
+    records["hi"], records["lo"], records["pos"] = hi, lo, np.arange(2000, dtype=np.uint64) * 3
+    records.tofile(tmp_path / "bucket.bin")
+    seen: set[tuple[int, int]] = set()
+    expected = []
+    for h, l, pos in zip(hi.tolist(), lo.tolist(), records["pos"].tolist()):
+        if (h, l) in seen:
+            expected.append(pos)
+        seen.add((h, l))
+    assert bucket_repeats(tmp_path / "bucket.bin").tolist() == expected
+    records[:1].tofile(tmp_path / "one.bin")
+    assert bucket_repeats(tmp_path / "one.bin").tolist() == []
 
 
 def _write_part(path: Path, rows: list[tuple[str, str]]) -> None:
