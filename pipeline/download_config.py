@@ -1,9 +1,12 @@
-"""``DownloadConfig``: the options of ``wit download`` (re-exported by :mod:`pipeline.download`)."""
+"""``DownloadConfig``: the options of ``wit download`` (re-exported by :mod:`pipeline.download`).
+
+The img2dataset engine's ``Img2datasetConfig`` takes the options it shares from here (:func:`same_option`,
+:data:`SHARD_OPTIONS`, :func:`shard_checks`), so both engines define them once."""
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from typing import Any
+from typing import Any, Protocol
 
 from dedup.match import MAX_DCT_DISTANCE, MAX_DISTANCE, MatchConfig
 from pipeline.config import field
@@ -11,9 +14,13 @@ from pipeline.errors import WitError
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 ENCODE_FORMATS = ("jpg", "png", "webp")
-RESERVED_COLUMNS = frozenset({"key", "caption", "url", "width", "height", "original_width", "original_height",
-                              "status", "error_message", "exif", "md5", "sha256", "sha512", "phash", "phash_flip",
-                              "reason"})
+# img2dataset's shard parquet columns (and our hashes), which input columns kept in the shards may not take
+SHARD_COLUMNS = frozenset({"key", "caption", "url", "width", "height", "original_width", "original_height",
+                           "status", "error_message", "exif", "md5", "sha256", "sha512", "phash", "phash_flip"})
+RESERVED_COLUMNS = SHARD_COLUMNS | {"reason"}
+# options of both engines that decide what a finished shard contains (part of the plan fingerprint)
+SHARD_OPTIONS = ("image_size", "resize_mode", "resize_only_if_bigger", "min_image_size", "encode_format",
+                 "encode_quality", "number_sample_per_shard", "keep_columns", "allow_private_networks")
 DEFAULT_USER_AGENT = ("wit-builder/0.1 (+https://example.org/wit-builder; dataset crawler; "
                       "contact: wit-builder@example.org)")
 DEFAULT_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
@@ -76,11 +83,8 @@ class DownloadConfig:
         max_quality = 9 if self.encode_format == "png" else 100
         checks = [
             (self.engine in ("wit", "img2dataset"), "engine must be wit or img2dataset"),
-            (self.resize_mode in RESIZE_MODES, f"resize_mode must be one of {', '.join(RESIZE_MODES)}"),
-            (self.encode_format in ENCODE_FORMATS, f"encode_format must be one of {', '.join(ENCODE_FORMATS)}"),
+            *shard_checks(self),
             (0 <= self.encode_quality <= max_quality, f"encode_quality must be between 0 and {max_quality}"),
-            (self.image_size > 0, "image_size must be positive"),
-            (self.number_sample_per_shard > 0, "number_sample_per_shard must be positive"),
             (self.thread_count > 0 and self.max_per_host > 0, "thread_count and max_per_host must be positive"),
             (min(self.timeout, self.connect_timeout, self.read_timeout) > 0, "timeouts must be positive"),
             (min(self.retries, self.shard_retries, self.max_redirects) >= 0,
@@ -93,9 +97,7 @@ class DownloadConfig:
             (not set(self.keep_columns) & RESERVED_COLUMNS,
              f"keep_columns may not name the shards' own columns ({', '.join(sorted(RESERVED_COLUMNS))})"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise WitError(f"DownloadConfig: {message}")
+        raise_first_failed("DownloadConfig", checks)
         for net in self.allowed_networks:
             try:
                 ipaddress.ip_network(net, strict=False)
@@ -104,11 +106,49 @@ class DownloadConfig:
 
     def shard_options(self) -> dict[str, Any]:
         """The options that decide what a finished shard contains (part of the plan fingerprint)."""
-        names = ("image_size", "resize_mode", "resize_only_if_bigger", "min_image_size", "encode_format",
-                 "encode_quality", "number_sample_per_shard", "keep_columns", "allow_private_networks",
-                 "drop_eval_duplicates")
-        return {n: getattr(self, n) for n in names}
+        return {n: getattr(self, n) for n in (*SHARD_OPTIONS, "drop_eval_duplicates")}
 
     def match_config(self) -> MatchConfig:
         """The eval near-duplicate detector's thresholds (:mod:`dedup.match`)."""
         return MatchConfig(self.max_distance, self.max_dct_distance)
+
+
+# ---------------------------------------------------------------- what the img2dataset engine's config shares
+
+class ShardShaping(Protocol):
+    """A config of either engine (:class:`DownloadConfig`, ``Img2datasetConfig``), as plans and checks see it."""
+
+    image_size: int
+    resize_mode: str
+    encode_format: str
+    number_sample_per_shard: int
+    keep_columns: tuple[str, ...]
+
+    def shard_options(self) -> dict[str, Any]: ...
+
+
+def shard_checks(cfg: ShardShaping) -> list[tuple[bool, str]]:
+    """``(ok, message)`` range checks of the resize, encoding and shard-size options both engines have."""
+    return [
+        (cfg.resize_mode in RESIZE_MODES, f"resize_mode must be one of {', '.join(RESIZE_MODES)}"),
+        (cfg.encode_format in ENCODE_FORMATS, f"encode_format must be one of {', '.join(ENCODE_FORMATS)}"),
+        (cfg.image_size > 0, "image_size must be positive"),
+        (cfg.number_sample_per_shard > 0, "number_sample_per_shard must be positive"),
+    ]
+
+
+def raise_first_failed(config_name: str, checks: list[tuple[bool, str]]) -> None:
+    """Raise ``WitError("<config_name>: <message>")`` for the first failed ``(ok, message)`` check."""
+    for ok, message in checks:
+        if not ok:
+            raise WitError(f"{config_name}: {message}")
+
+
+_OPTIONS = {f.name: f for f in dataclasses.fields(DownloadConfig)}
+
+
+def same_option(name: str) -> Any:
+    """A new dataclass field with the default and help of ``DownloadConfig.<name>``, for a config that has
+    this option with the same meaning (the img2dataset engine's)."""
+    option = _OPTIONS[name]
+    return field(option.default, help=option.metadata["help"])

@@ -32,7 +32,6 @@ import logging
 import math
 import multiprocessing
 import os
-import re
 import signal
 import sys
 import tarfile
@@ -51,82 +50,67 @@ from PIL import UnidentifiedImageError
 from dedup.index import load_hash_index
 from dedup.phash import bytes_hashes
 from dedup.search import DEFAULT_MAX_DISTANCE, HashIndex
+from pipeline import download_reasons
 from pipeline import netguard_urllib as netguard
 from pipeline.config import field
-from pipeline.download_plan import fingerprint as plan_fingerprint
-from pipeline.download_plan import input_files
+from pipeline.download import OVERLAP_FILE, QUIET_ENV, SIZES_FILE
+from pipeline.download_config import SHARD_COLUMNS, SHARD_OPTIONS, raise_first_failed, same_option, shard_checks
+from pipeline.download_plan import PLAN_DIR, URLS_FILE, open_plan, save_plan_record
+from pipeline.download_shard import SHARD_DIGITS, done_shards, shard_name
 from pipeline.errors import WitError
-from pipeline.io import clean_tmp, read_json, write_json, write_parquet
+from pipeline.io import clean_tmp, write_json, write_parquet
 from pipeline.stats import StageStats
 
 log = logging.getLogger(__name__)
 
-PLAN_DIR = "_input"
-PLAN_FILE = "plan.json"
-URLS_FILE = "urls.parquet"
 REFUSED_FILE = "_refused.parquet"
-SIZES_FILE = "sizes.json"
-OVERLAP_FILE = "overlap.parquet"
-SHARD_DIGITS = 5  # img2dataset's oom_shard_count: shard names 00000..99999
-QUIET_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled", "WANDB_SILENT": "true",
-             "RAY_USAGE_STATS_ENABLED": "0"}
-RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
-ENCODE_FORMATS = ("jpg", "png", "webp")
-RESERVED_COLUMNS = frozenset({"key", "caption", "url", "width", "height", "original_width", "original_height",
-                              "status", "error_message", "exif", "md5", "sha256", "sha512", "phash", "phash_flip"})
+RESERVED_COLUMNS = SHARD_COLUMNS  # img2dataset's shards have no ``reason`` column
 OVERLAP_SCHEMA = pa.schema([("eval_set", pa.string()), ("eval_id", pa.string()), ("key", pa.string()),
                             ("distance", pa.int32()), ("url", pa.string())])
 
 
 @dataclasses.dataclass
 class Img2datasetConfig:
-    """Options of ``wit download``."""
+    """Options of the img2dataset engine. Those it shares with ``wit download``'s :class:`DownloadConfig` have
+    its defaults and help (:func:`same_option`); ``timeout``, ``retries``, ``shard_retries`` and
+    ``max_distance`` are its own (img2dataset's meaning, or a plain pHash radius)."""
 
-    image_size: int = field(256, help="target size in pixels (see resize_mode)")
-    resize_mode: str = field("keep_ratio", help="img2dataset resize mode: keep_ratio (shorter side = image_size, "
-                                                "no crop, no padding), keep_ratio_largest, center_crop, border, no")
-    resize_only_if_bigger: bool = field(False, help="only downscale, never upscale small images")
-    min_image_size: int = field(0, help="drop images whose shorter side is smaller (reason image_too_small)")
-    encode_format: str = field("jpg", help="image format in the shards: jpg, png or webp")
-    encode_quality: int = field(95, help="re-encoding quality (jpg/webp quality, png compression)")
-    number_sample_per_shard: int = field(10000, help="URLs per shard (a tar holds the successful ones)")
-    keep_columns: tuple[str, ...] = field(("uid", "page_url"), help="input columns kept in the shard metadata "
-                                                                    "(besides url and caption), when present")
-    processes_count: int = field(0, help="CPUs of a local Ray started by this stage (0: all)")
-    thread_count: int = field(64, help="download threads per shard task")
+    image_size: int = same_option("image_size")
+    resize_mode: str = same_option("resize_mode")
+    resize_only_if_bigger: bool = same_option("resize_only_if_bigger")
+    min_image_size: int = same_option("min_image_size")
+    encode_format: str = same_option("encode_format")
+    encode_quality: int = same_option("encode_quality")
+    number_sample_per_shard: int = same_option("number_sample_per_shard")
+    keep_columns: tuple[str, ...] = same_option("keep_columns")
+    processes_count: int = same_option("processes_count")
+    thread_count: int = same_option("thread_count")
     timeout: int = field(10, help="HTTP timeout per image in seconds")
     retries: int = field(0, help="extra download attempts per image")
     shard_retries: int = field(1, help="re-runs of img2dataset for shards that failed")
-    allow_private_networks: bool = field(False, help="allow loopback/private/link-local hosts (tests, intranets)")
+    allow_private_networks: bool = same_option("allow_private_networks")
     max_distance: int = field(DEFAULT_MAX_DISTANCE, help="pHash Hamming radius for eval near-duplicates (0-64)")
-    ray_address: str | None = field(None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    ray_address: str | None = same_option("ray_address")
 
     def validate(self) -> None:
         """Raise ``WitError`` for an option out of range."""
-        checks = [
-            (self.resize_mode in RESIZE_MODES, f"resize_mode must be one of {', '.join(RESIZE_MODES)}"),
-            (self.encode_format in ENCODE_FORMATS, f"encode_format must be one of {', '.join(ENCODE_FORMATS)}"),
-            (self.image_size > 0, "image_size must be positive"),
-            (self.number_sample_per_shard > 0, "number_sample_per_shard must be positive"),
+        raise_first_failed("Img2datasetConfig", [
+            *shard_checks(self),
             (self.thread_count > 0, "thread_count must be positive"),
             (0 <= self.max_distance <= 64, "max_distance must be between 0 and 64"),
             (not set(self.keep_columns) & RESERVED_COLUMNS,
              f"keep_columns may not name img2dataset's own columns ({', '.join(sorted(RESERVED_COLUMNS))})"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise WitError(f"Img2datasetConfig: {message}")
+        ])
 
     def shard_options(self) -> dict[str, Any]:
         """The options that decide what a finished shard contains (part of the plan fingerprint)."""
-        names = ("image_size", "resize_mode", "resize_only_if_bigger", "min_image_size", "encode_format",
-                 "encode_quality", "number_sample_per_shard", "keep_columns", "allow_private_networks")
-        return {n: getattr(self, n) for n in names}
+        return {n: getattr(self, n) for n in SHARD_OPTIONS}
 
 
 # ---------------------------------------------------------------- error reasons
 
-_REASON_PATTERNS: tuple[tuple[str, str], ...] = (
+# img2dataset's urllib messages; its reasons differ from the default engine's where its checks do
+IMG2DATASET_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"private address", "private_address"),
     (r"timed? ?out", "timeout"),
     (r"name or service not known|temporary failure in name resolution|nodename nor servname"
@@ -145,22 +129,15 @@ _REASON_PATTERNS: tuple[tuple[str, str], ...] = (
 
 
 def error_reason(status: str | None, error_message: str | None) -> str:
-    """A short, stable drop reason from img2dataset's ``status`` and free-text ``error_message``.
+    """A short, stable drop reason from img2dataset's ``status`` and free-text ``error_message``
+    (:func:`pipeline.download_reasons.error_reason` with :data:`IMG2DATASET_PATTERNS`).
 
     ``HTTP Error 404: Not Found`` -> ``http_404`` (also 403, 410, 429), other 4xx -> ``http_4xx``,
     5xx -> ``http_5xx``; then ``timeout``, ``dns_error``, ``ssl_error``, ``connection_error``,
     ``private_address`` (connection guard), ``decode_error`` (HTML or corrupt bodies), size checks;
     anything unrecognised -> ``download_error`` / ``resize_error``.
     """
-    message = (error_message or "").lower()
-    http = re.search(r"http error (\d{3})", message)
-    if http:
-        code = int(http.group(1))
-        return f"http_{code}" if code in (403, 404, 410, 429) else f"http_{code // 100}xx"
-    for pattern, reason in _REASON_PATTERNS:
-        if re.search(pattern, message):
-            return reason
-    return "resize_error" if status == "failed_to_resize" else "download_error"
+    return download_reasons.error_reason(status, error_message, IMG2DATASET_PATTERNS)
 
 
 # ---------------------------------------------------------------- plan
@@ -185,10 +162,6 @@ class Plan:
         return min(self.per_shard, self.allowed - shard_id * self.per_shard)
 
 
-def shard_name(shard_id: int) -> str:
-    return f"{shard_id:0{SHARD_DIGITS}d}"
-
-
 def read_inputs(files: list[Path], keep_columns: tuple[str, ...]) -> pa.Table:
     """``url`` (+ ``caption`` and ``keep_columns`` where present) of all parts, in order."""
     tables = []
@@ -204,32 +177,8 @@ def read_inputs(files: list[Path], keep_columns: tuple[str, ...]) -> pa.Table:
     return table
 
 
-def _has_shards(shards_dir: Path) -> bool:
-    return bool(done_shards(shards_dir)) or any(p.stem.isdigit() for p in shards_dir.glob("*.tar"))
-
-
-def _load_plan(shards_dir: Path, fingerprint: str) -> Plan | None:
-    plan_file = shards_dir / PLAN_DIR / PLAN_FILE
-    if not plan_file.is_file():
-        return None
-    d = read_json(plan_file)
-    if d.get("fingerprint") != fingerprint or not (shards_dir / PLAN_DIR / URLS_FILE).is_file():
-        return None
-    return Plan(shards_dir / PLAN_DIR / URLS_FILE, d["inputs"], d["allowed"], Counter(d["refused"]),
-                d["per_shard"], d["has_caption"], d["extra_columns"])
-
-
-def make_plan(input_dir: Path, shards_dir: Path, cfg: Img2datasetConfig) -> Plan:
-    """Screen and stage the input URLs (or reuse the plan of an earlier run on the same input)."""
-    files = input_files(input_dir)
-    fingerprint = plan_fingerprint(files, cfg)
-    plan = _load_plan(shards_dir, fingerprint)
-    if plan is not None:
-        log.info("%s: reusing the download plan of an earlier run", shards_dir)
-        return plan
-    if _has_shards(shards_dir):
-        raise WitError(f"{shards_dir}: holds shards built from other input or options; "
-                       "delete it or choose another folder")
+def _stage(files: list[Path], shards_dir: Path, cfg: Img2datasetConfig) -> dict[str, Any]:
+    """Screen the input URLs into ``urls.parquet`` (allowed) and ``_refused.parquet``; the plan record."""
     table = read_inputs(files, cfg.keep_columns)
     reasons = netguard.screen_urls(table["url"].to_pylist(), cfg.allow_private_networks)
     refused_mask = pa.array([r is not None for r in reasons])
@@ -238,16 +187,21 @@ def make_plan(input_dir: Path, shards_dir: Path, cfg: Img2datasetConfig) -> Plan
     refused_reasons = [r for r in reasons if r is not None]
     refused = refused.append_column("status", pa.array(["refused"] * refused.num_rows, pa.string()))
     refused = refused.append_column("error_message", pa.array(refused_reasons, pa.string()))
-    plan_dir = shards_dir / PLAN_DIR
-    write_parquet(allowed, plan_dir / URLS_FILE)
+    write_parquet(allowed, shards_dir / PLAN_DIR / URLS_FILE)
     write_parquet(refused, shards_dir / REFUSED_FILE)
-    plan = Plan(plan_dir / URLS_FILE, table.num_rows, allowed.num_rows, Counter(refused_reasons),
-                cfg.number_sample_per_shard, "caption" in table.column_names,
-                [c for c in table.column_names if c not in ("url", "caption")])
-    write_json(plan_dir / PLAN_FILE, {"fingerprint": fingerprint, "inputs": plan.inputs, "allowed": plan.allowed,
-                                      "refused": dict(plan.refused), "per_shard": plan.per_shard,
-                                      "has_caption": plan.has_caption, "extra_columns": plan.extra_columns})
-    return plan
+    return {"inputs": table.num_rows, "allowed": allowed.num_rows, "refused": dict(Counter(refused_reasons)),
+            "per_shard": cfg.number_sample_per_shard, "has_caption": "caption" in table.column_names,
+            "extra_columns": [c for c in table.column_names if c not in ("url", "caption")]}
+
+
+def make_plan(input_dir: Path, shards_dir: Path, cfg: Img2datasetConfig) -> Plan:
+    """Screen and stage the input URLs (or reuse the plan of an earlier run on the same input)."""
+    files, digest, record = open_plan(input_dir, shards_dir, cfg)
+    if record is None:
+        record = _stage(files, shards_dir, cfg)
+        save_plan_record(shards_dir, digest, record)
+    return Plan(shards_dir / PLAN_DIR / URLS_FILE, record["inputs"], record["allowed"], Counter(record["refused"]),
+                record["per_shard"], record["has_caption"], record["extra_columns"])
 
 
 # ---------------------------------------------------------------- Ray and img2dataset
@@ -354,11 +308,6 @@ def run_img2dataset(plan: Plan, shards_dir: Path, cfg: Img2datasetConfig) -> Non
         except ray.exceptions.RayError as exc:
             _stop_img2dataset_logger()
             log.warning("img2dataset pass failed (%s); unfinished shards will be retried", str(exc).splitlines()[0])
-
-
-def done_shards(shards_dir: Path) -> set[int]:
-    """Shard ids img2dataset finished (it writes ``<shard>_stats.json`` last)."""
-    return {int(p.name.split("_")[0]) for p in shards_dir.glob("*_stats.json") if p.name.split("_")[0].isdigit()}
 
 
 def download_shards(plan: Plan, shards_dir: Path, cfg: Img2datasetConfig) -> tuple[list[int], list[int]]:
@@ -520,14 +469,31 @@ def build_shards(plan: Plan, shards_dir: Path, cfg: Img2datasetConfig, indexes: 
         return process_shards(plan, shards_dir, done, indexes, cfg, use_ray), failed
 
 
-def run_img2dataset_download(input_dir: str | os.PathLike, shards_dir: str | os.PathLike, cfg: Img2datasetConfig | None = None,
-                 eval_indexes: dict[str, Path] | None = None, overlap_dir: str | os.PathLike | None = None
-                 ) -> StageStats:
-    """Download the pairs in ``input_dir`` into WebDataset shards in ``shards_dir`` (see module doc).
+def _prepare(input_dir: Path, shards_dir: Path, overlap_dir: Path, cfg: Img2datasetConfig) -> Plan:
+    """Folders made and rid of temporary leftovers, the plan made or reused, an earlier run's totals removed."""
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (shards_dir, shards_dir / PLAN_DIR, overlap_dir):
+        clean_tmp(folder)
+    plan = make_plan(input_dir, shards_dir, cfg)
+    for name in (SIZES_FILE, "_stats.json"):  # img2dataset reads every *.json here as <shard>_stats.json
+        (shards_dir / name).unlink(missing_ok=True)
+    return plan
 
-    ``eval_indexes`` maps eval-set names to their index folders (``eval/<name>``); ``overlap_dir``
-    defaults to ``overlap/`` beside ``shards_dir``. Re-running on a finished folder redoes nothing.
-    """
+
+def _write_outputs(plan: Plan, shards_dir: Path, overlap_dir: Path, results: list[dict[str, Any]],
+                   failed: list[int], indexes: dict[str, HashIndex], cfg: Img2datasetConfig) -> StageStats:
+    """``overlap.parquet`` and ``sizes.json`` from the per-shard results; the run's stats (not yet written)."""
+    overlap = _overlap_table(results)
+    write_parquet(overlap, overlap_dir / OVERLAP_FILE)
+    write_json(shards_dir / SIZES_FILE, {f"{shard_name(r['shard'])}.tar": r["kept"] for r in results})
+    return _stats(plan, results, failed, overlap, indexes, cfg)
+
+
+def run_img2dataset_download(input_dir: str | os.PathLike, shards_dir: str | os.PathLike,
+                             cfg: Img2datasetConfig | None = None, eval_indexes: dict[str, Path] | None = None,
+                             overlap_dir: str | os.PathLike | None = None) -> StageStats:
+    """:func:`pipeline.download.run_download` done by img2dataset: same arguments, the outputs of the
+    module doc; re-running on a finished folder redoes nothing."""
     start = time.time()
     cfg = cfg or Img2datasetConfig()
     cfg.validate()
@@ -536,17 +502,9 @@ def run_img2dataset_download(input_dir: str | os.PathLike, shards_dir: str | os.
     shards_dir = Path(shards_dir)
     overlap_dir = Path(overlap_dir) if overlap_dir is not None else shards_dir.parent / "overlap"
     indexes = {name: load_hash_index(path) for name, path in (eval_indexes or {}).items()}
-    shards_dir.mkdir(parents=True, exist_ok=True)
-    for folder in (shards_dir, shards_dir / PLAN_DIR, overlap_dir):
-        clean_tmp(folder)
-    plan = make_plan(Path(input_dir), shards_dir, cfg)
-    for name in (SIZES_FILE, "_stats.json"):  # img2dataset reads every *.json here as <shard>_stats.json
-        (shards_dir / name).unlink(missing_ok=True)
+    plan = _prepare(Path(input_dir), shards_dir, overlap_dir, cfg)
     results, failed = build_shards(plan, shards_dir, cfg, indexes)
-    overlap = _overlap_table(results)
-    write_parquet(overlap, overlap_dir / OVERLAP_FILE)
-    write_json(shards_dir / SIZES_FILE, {f"{shard_name(r['shard'])}.tar": r["kept"] for r in results})
-    stats = _stats(plan, results, failed, overlap, indexes, cfg)
+    stats = _write_outputs(plan, shards_dir, overlap_dir, results, failed, indexes, cfg)
     stats.extra["seconds"] = round(time.time() - start, 2)
     if not stats.accounted():
         log.warning("download: %d inputs but %d kept + %d dropped", stats.inputs, stats.kept, stats.n_dropped)

@@ -13,12 +13,12 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.download_config import DownloadConfig
+from pipeline.download_config import DownloadConfig, ShardShaping
 from pipeline.download_shard import done_shards
 from pipeline.errors import WitError
 from pipeline.io import atomic_path, parquet_files, read_json, write_json
@@ -54,7 +54,7 @@ def input_files(input_dir: Path) -> list[Path]:
     return files
 
 
-def fingerprint(files: list[Path], cfg: DownloadConfig) -> str:
+def fingerprint(files: list[Path], cfg: ShardShaping) -> str:
     digest = hashlib.sha256(json.dumps(cfg.shard_options(), sort_keys=True, default=str).encode())
     for f in files:
         digest.update(f.name.encode())
@@ -113,34 +113,48 @@ def stage_urls(files: list[Path], schema: pa.Schema, out: Path, per_shard: int) 
     return total
 
 
-def _load_plan(shards_dir: Path, digest: str) -> Plan | None:
+def load_plan_record(shards_dir: Path, digest: str) -> dict[str, Any] | None:
+    """The stored ``plan.json`` of ``shards_dir`` if it was made with fingerprint ``digest`` and its URL
+    list is still there."""
     plan_file = shards_dir / PLAN_DIR / PLAN_FILE
     if not plan_file.is_file():
         return None
     d = read_json(plan_file)
-    urls = shards_dir / PLAN_DIR / URLS_FILE
-    if d.get("fingerprint") != digest or not urls.is_file():
+    if d.get("fingerprint") != digest or not (shards_dir / PLAN_DIR / URLS_FILE).is_file():
         return None
-    return Plan(urls, d["inputs"], d["per_shard"])
+    return d
 
 
 def _has_shards(shards_dir: Path) -> bool:
     return bool(done_shards(shards_dir)) or any(p.stem.isdigit() for p in shards_dir.glob("*.tar"))
 
 
-def make_plan(input_dir: Path, shards_dir: Path, cfg: DownloadConfig) -> Plan:
-    """Stage the input URLs (or reuse the plan of an earlier run on the same input and options)."""
+def open_plan(input_dir: Path, shards_dir: Path, cfg: ShardShaping) -> tuple[list[Path], str, dict[str, Any] | None]:
+    """``(input parts, fingerprint, record of an earlier run's plan to reuse or None)`` (either engine).
+
+    A folder that holds shards but no plan for this input and these options is refused."""
     files = input_files(input_dir)
     digest = fingerprint(files, cfg)
-    plan = _load_plan(shards_dir, digest)
-    if plan is not None:
+    record = load_plan_record(shards_dir, digest)
+    if record is not None:
         log.info("%s: reusing the download plan of an earlier run", shards_dir)
-        return plan
-    if _has_shards(shards_dir):
+    elif _has_shards(shards_dir):
         raise WitError(f"{shards_dir}: holds shards built from other input or options; "
                        "delete it or choose another folder")
+    return files, digest, record
+
+
+def save_plan_record(shards_dir: Path, digest: str, record: dict[str, Any]) -> None:
+    """Write ``plan.json``: the fingerprint and ``record`` (what :func:`load_plan_record` gives back)."""
+    write_json(shards_dir / PLAN_DIR / PLAN_FILE, {"fingerprint": digest, **record})
+
+
+def make_plan(input_dir: Path, shards_dir: Path, cfg: DownloadConfig) -> Plan:
+    """Stage the input URLs (or reuse the plan of an earlier run on the same input and options)."""
+    files, digest, record = open_plan(input_dir, shards_dir, cfg)
     urls = shards_dir / PLAN_DIR / URLS_FILE
-    inputs = stage_urls(files, staged_schema(files, cfg.keep_columns), urls, cfg.number_sample_per_shard)
-    write_json(shards_dir / PLAN_DIR / PLAN_FILE, {"fingerprint": digest, "inputs": inputs,
-                                                   "per_shard": cfg.number_sample_per_shard})
-    return Plan(urls, inputs, cfg.number_sample_per_shard)
+    if record is None:
+        inputs = stage_urls(files, staged_schema(files, cfg.keep_columns), urls, cfg.number_sample_per_shard)
+        record = {"inputs": inputs, "per_shard": cfg.number_sample_per_shard}
+        save_plan_record(shards_dir, digest, record)
+    return Plan(urls, record["inputs"], record["per_shard"])

@@ -22,6 +22,10 @@
 from __future__ import annotations
 
 import re
+from typing import Sequence
+
+Patterns = Sequence[tuple[str, str]]
+
 
 class Dropped(Exception):
     """A URL dropped for ``reason``; the message is the row's ``error_message``. ``size``: the image's
@@ -35,7 +39,7 @@ class Dropped(Exception):
 
 RETRYABLE_REASONS = frozenset({"timeout", "connection_error", "truncated", "http_429", "http_5xx"})
 
-_REASON_PATTERNS: tuple[tuple[str, str], ...] = (
+REASON_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"private address", "private_address"),
     (r"incompleteread|truncated", "truncated"),
     (r"timed? ?out", "timeout"),
@@ -54,19 +58,20 @@ _REASON_PATTERNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def error_reason(status: str | None, error_message: str | None) -> str:
+def error_reason(status: str | None, error_message: str | None, patterns: Patterns = REASON_PATTERNS) -> str:
     """A short, stable drop reason from a row's ``status`` and free-text ``error_message``.
 
     ``HTTP Error 404: Not Found`` -> ``http_404`` (also 403, 410, 429), other codes -> ``http_4xx`` /
-    ``http_5xx`` / ``http_3xx``; then the patterns above; anything unrecognised -> ``download_error``
-    (or ``resize_error`` for ``failed_to_resize``).
+    ``http_5xx`` / ``http_3xx``; then the first of ``patterns`` (regex, reason) found in the lower-cased
+    message (by default the patterns above); anything unrecognised -> ``download_error`` (or
+    ``resize_error`` for ``failed_to_resize``).
     """
     message = (error_message or "").lower()
     http = re.search(r"http error (\d{3})", message)
     if http:
         code = int(http.group(1))
         return f"http_{code}" if code in (403, 404, 410, 429) else f"http_{code // 100}xx"
-    for pattern, reason in _REASON_PATTERNS:
+    for pattern, reason in patterns:
         if re.search(pattern, message):
             return reason
     return "resize_error" if status == "failed_to_resize" else "download_error"

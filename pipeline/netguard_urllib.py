@@ -10,6 +10,8 @@ Two layers, both off when ``allow_private_networks`` is set:
 2. :func:`set_guard` (each download worker): a urllib opener whose connections check the peer
    address after connecting, so redirects and DNS rebinding cannot reach a private host either;
    such fetches fail with "private address refused".
+
+URL parsing, the address test and the error type are :mod:`pipeline.netguard`'s (the default engine's guard).
 """
 from __future__ import annotations
 
@@ -19,26 +21,12 @@ import socket
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
-from urllib.parse import urlsplit
 
-ALLOWED_SCHEMES = ("http", "https")
-PRIVATE_ADDRESS = "private_address"
-BAD_URL = "bad_url"
+from pipeline.netguard import (ALLOWED_SCHEMES, BAD_URL, PRIVATE_ADDRESS, PrivateAddressError, is_public_ip,
+                               url_host)
 
-
-class PrivateAddressError(OSError):
-    """A connection reached (or would reach) a non-global address."""
-
-
-def is_public_ip(address: str) -> bool:
-    """True for globally routable unicast addresses (IPv6 scope ids and IPv4-mapped forms handled)."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+__all__ = ["ALLOWED_SCHEMES", "BAD_URL", "PRIVATE_ADDRESS", "PrivateAddressError", "host_is_private", "is_public_ip",
+           "resolve", "screen_urls", "set_guard", "url_host"]
 
 
 def resolve(host: str) -> list[str]:
@@ -59,15 +47,6 @@ def host_is_private(host: str) -> bool:
     if host.lower().rstrip(".") in ("localhost",) or host.lower().endswith(".localhost"):
         return True
     return any(not is_public_ip(a) for a in resolve(host))
-
-
-def url_host(url: str) -> tuple[str | None, str | None]:
-    """``(scheme, host)`` of a URL, lower-cased; ``None`` parts when it does not parse."""
-    try:
-        parts = urlsplit(url.strip())
-        return (parts.scheme.lower() or None), parts.hostname
-    except ValueError:
-        return None, None
 
 
 def screen_urls(urls: Iterable[str | None], allow_private_networks: bool = False,

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from downloadsite import local_ray  # noqa: F401  (fixture: this module's local Ray)
 from faultserver import FaultServer, corrupt_jpeg, jpeg_bytes, png_header_bomb, smooth_image
 
 from pipeline.download import DownloadConfig, run_download
@@ -34,16 +35,6 @@ def server() -> Iterator[FaultServer]:
     images["bomb"] = png_header_bomb(10_000, 10_000)
     with FaultServer(images) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray() -> Iterator[None]:
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"NO_ALBUMENTATIONS_UPDATE": "1", "RAY_USAGE_STATS_ENABLED": "0"}})
-    yield
-    ray.shutdown()
 
 
 def config(**kw: Any) -> DownloadConfig:
