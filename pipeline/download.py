@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import contextlib
 import hashlib
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pyarrow as pa
 
@@ -46,6 +45,7 @@ from pipeline.download_shard import (OVERLAP_SCHEMA, ShardJob, done_shards, down
                                      overlap_path, read_overlap, recover, remove_shard, retry_shard, shard_name,
                                      stats_path)
 from pipeline.io import clean_tmp, read_json, write_json, write_parquet
+from pipeline.raysession import ray_session
 from pipeline.stats import StageStats
 
 __all__ = ["DownloadConfig", "run_download", "error_reason"]
@@ -59,27 +59,6 @@ QUIET_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled", "WANDB_S
 
 
 # ---------------------------------------------------------------- Ray
-
-@contextlib.contextmanager
-def ray_session(cfg: DownloadConfig) -> Iterator[None]:
-    """Use the caller's Ray if initialised; else connect to ``cfg.ray_address``/``$RAY_ADDRESS`` or start
-    a local Ray with ``processes_count`` CPUs, and shut it down afterwards."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING}  # no runtime_env: it slows worker start-up
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=cfg.processes_count or os.cpu_count() or 1, include_dashboard=False, **kwargs)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
 
 def run_shard_tasks(jobs: list[tuple[Callable[..., Any], ShardJob]], indexes: dict[str, RobustIndex],
                     cfg: DownloadConfig) -> dict[int, dict[str, Any] | None]:
@@ -155,7 +134,7 @@ def build_shards(plan: Plan, shards_dir: Path, cfg: DownloadConfig, indexes: dic
     if not jobs:
         return [], {"downloaded_shards": 0, "retried_shards": 0, "retried_urls": 0}
     log.info("%s: %d shard task(s) to run", shards_dir, len(jobs))
-    with ray_session(cfg):
+    with ray_session(cfg.ray_address, cfg.processes_count):  # no runtime_env: it slows worker start-up
         results = run_shard_tasks(jobs, indexes, cfg)
     failed = sorted(job.shard_id for fn, job in jobs if fn is download_shard and results.get(job.shard_id) is None)
     for shard_id in failed:

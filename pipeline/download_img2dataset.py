@@ -39,7 +39,7 @@ import time
 import types
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from unittest import mock
 
 import pyarrow as pa
@@ -58,6 +58,7 @@ from pipeline.download_config import SHARD_COLUMNS, SHARD_OPTIONS, raise_first_f
 from pipeline.download_plan import PLAN_DIR, URLS_FILE, open_plan, save_plan_record
 from pipeline.download_shard import SHARD_DIGITS, done_shards, shard_name
 from pipeline.errors import WitError
+from pipeline.raysession import ray_session
 from pipeline.io import clean_tmp, write_json, write_parquet
 from pipeline.stats import StageStats
 
@@ -205,27 +206,6 @@ def make_plan(input_dir: Path, shards_dir: Path, cfg: Img2datasetConfig) -> Plan
 
 
 # ---------------------------------------------------------------- Ray and img2dataset
-
-@contextlib.contextmanager
-def ray_session(cfg: Img2datasetConfig) -> Iterator[None]:
-    """Use the caller's Ray if initialised; else connect to ``cfg.ray_address``/``$RAY_ADDRESS`` or start
-    a local Ray with ``processes_count`` CPUs, and shut it down afterwards."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "runtime_env": {"env_vars": dict(QUIET_ENV)}}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=cfg.processes_count or os.cpu_count() or 1, include_dashboard=False, **kwargs)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
 
 def _download_shard(downloader: Any, shard: Any, guard: bool) -> Any:
     """img2dataset's per-shard Ray task, with the peer-address guard set for this worker process."""
@@ -463,7 +443,7 @@ def build_shards(plan: Plan, shards_dir: Path, cfg: Img2datasetConfig, indexes: 
     needs_download = bool(expected - done_shards(shards_dir))
     use_ray = needs_download or _needs_hashing(shards_dir, sorted(expected))
     done, failed = sorted(expected), []
-    with ray_session(cfg) if use_ray else contextlib.nullcontext():
+    with ray_session(cfg.ray_address, cfg.processes_count, QUIET_ENV) if use_ray else contextlib.nullcontext():
         if needs_download:
             done, failed = download_shards(plan, shards_dir, cfg)
         return process_shards(plan, shards_dir, done, indexes, cfg, use_ray), failed
