@@ -315,7 +315,7 @@ def machine() -> dict[str, Any]:
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                  platform.processor())
     packages = {}
-    for name in ("warcio", "selectolax", "orjson", "isal", "pyarrow"):
+    for name in ("warcio", "selectolax", "orjson", "msgspec", "isal", "pyarrow"):
         try:
             packages[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

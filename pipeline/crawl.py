@@ -6,8 +6,9 @@
 URLs (``https://``, ``s3://``, ``file://``, globs where the filesystem lists), and Common Crawl path
 listings (``warc.paths.gz``, ``wat.paths.gz``: relative paths resolved against ``paths_prefix``).
 
-Archives are streamed: gzip members are inflated in chunks (ISA-L when the ``isal`` package is
-installed, else zlib) and WARC records parsed straight from the byte stream; only the first
+Archives are streamed: gzip members are inflated in chunks spanning many members (ISA-L's gzip reader
+when the ``isal`` package is installed, else the standard library's) and WARC records parsed straight
+from the byte stream; only the first
 ``max_html_bytes`` of an HTML response and only HTML/WAT records are kept in memory. Files that do not
 start with a WARC header (ARC files) go through warcio. With several files to do, archives are crawled
 in parallel on Ray (:mod:`pipeline.crawl_ray`), one task per archive.
@@ -24,6 +25,7 @@ import dataclasses
 import glob
 import gzip
 import hashlib
+import io
 import os
 import re
 import sys
@@ -43,16 +45,18 @@ from warcio.statusandheaders import StatusAndHeadersParserException
 
 from pipeline.config import field
 from pipeline.errors import WitError
-from pipeline.extract import (CorruptRecord, ImageColumns, ImageRef, decode_html, html_images, make_uid, parse_wat,
-                              wat_batch, wat_images)
+from pipeline.extract import (WAT_DECODER_AVAILABLE, CorruptRecord, ImageColumns, ImageRef, decode_html, decode_wat,
+                              html_images, make_uid, parse_wat, wat_batch, wat_columns, wat_images)
 from pipeline.io import atomic_path, clean_tmp, read_json, write_json
 from pipeline.stats import StageStats
 
-try:  # ISA-L inflates about twice as fast as zlib; optional
+try:  # ISA-L inflates about twice as fast as zlib, and reads gzip members in C; optional
+    from isal import igzip as _gzip
     from isal import isal_zlib as _inflate
 
     _INFLATE_ERRORS: tuple[type[BaseException], ...] = (zlib.error, _inflate.error)
 except ImportError:  # pragma: no cover - depends on the environment
+    _gzip = gzip  # type: ignore[assignment]
     _inflate = zlib  # type: ignore[assignment]
     _INFLATE_ERRORS = (zlib.error,)
 
@@ -65,10 +69,11 @@ ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".wat", ".wat.gz", ".arc", ".arc.gz")
 LISTING_SUFFIXES = (".paths.gz", ".paths")
 COMMON_CRAWL = "https://data.commoncrawl.org/"
 _GZIP_MAGIC = b"\x1f\x8b"
+_BLANK_LINES = re.compile(rb"[\r\n]*")  # between WARC records
 _GLOB_RE = re.compile(r"[*?\[]")
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
-_CHUNK = 1 << 16            # compressed bytes read at a time (small: each gzip member copies the rest)
-_MAX_INFLATE = 4 << 20      # most bytes one inflate call returns (bounds memory on gzip bombs)
+_CHUNK = 1 << 16            # bytes of a plain (not gzipped) archive read at a time
+_MAX_INFLATE = 1 << 18      # uncompressed bytes read at a time (bounds memory on gzip bombs)
 _MAX_HEADER = 1 << 20       # longest WARC header block accepted
 _HTTP_HEAD = 1 << 16        # bytes of a response read to find its HTTP headers
 _COUNTERS = ("records", "pages", "skipped_records", "corrupt_records")
@@ -335,17 +340,51 @@ def _wat_records(wat: _WatRun, writer: "_PartWriter", cfg: CrawlConfig, stats: S
     """Extract and write the images of a run of WAT records (columnar; one by one when that fails), then clear it."""
     if not wat.records:
         return
-    batch = wat_batch([r.payload for r in wat.records], [r.target for r in wat.records], cfg.title_fallback)
+    if WAT_DECODER_AVAILABLE:
+        _wat_decoded(wat.records, writer, cfg, stats)
+    else:
+        _wat_arrow(wat.records, writer, cfg, stats)
+    wat.records, wat.bytes = [], 0
+
+
+def _wat_decoded(records: list[Record], writer: "_PartWriter", cfg: CrawlConfig, stats: StageStats) -> None:
+    """Columnar extraction of the records msgspec decodes; each other record in its place, one by one."""
+    docs = [decode_wat(record.payload) for record in records]
+    start = 0
+    for i, (record, doc) in enumerate(zip(records, docs)):
+        if doc is None:
+            _wat_docs(docs[start:i], records[start:i], writer, cfg, stats)
+            page_url, refs = _record_refs(record, cfg, stats)
+            _emit(writer, page_url, refs, cfg, stats)
+            start = i + 1
+    _wat_docs(docs[start:], records[start:], writer, cfg, stats)
+
+
+def _wat_docs(docs: list[Any], records: list[Record], writer: "_PartWriter", cfg: CrawlConfig,
+              stats: StageStats) -> None:
+    """Extract and write the images of consecutive decoded records."""
+    if docs:
+        _wat_columns(wat_columns(docs, [r.target for r in records], cfg.title_fallback), writer, cfg, stats)
+
+
+def _wat_arrow(records: list[Record], writer: "_PartWriter", cfg: CrawlConfig, stats: StageStats) -> None:
+    """Columnar extraction with Arrow's JSON reader (without msgspec); all records one by one when it fails."""
+    batch = wat_batch([r.payload for r in records], [r.target for r in records], cfg.title_fallback)
     if batch is None:
-        for record in wat.records:
+        for record in records:
             page_url, refs = _record_refs(record, cfg, stats)
             _emit(writer, page_url, refs, cfg, stats)
     else:
-        page_urls, has_html, images = batch
-        stats.extra["pages"] += int(has_html.sum())
-        stats.extra["skipped_records"] += int((~has_html).sum())
-        _emit_columns(writer, page_urls, images, cfg, stats)
-    wat.records, wat.bytes = [], 0
+        _wat_columns(batch, writer, cfg, stats)
+
+
+def _wat_columns(batch: tuple[list[str], np.ndarray, ImageColumns], writer: "_PartWriter", cfg: CrawlConfig,
+                 stats: StageStats) -> None:
+    """Count the pages of a columnar batch and write its images."""
+    page_urls, has_html, images = batch
+    stats.extra["pages"] += int(has_html.sum())
+    stats.extra["skipped_records"] += int((~has_html).sum())
+    _emit_columns(writer, page_urls, images, cfg, stats)
 
 
 def _emit_columns(writer: "_PartWriter", page_urls: list[str], images: ImageColumns, cfg: CrawlConfig,
@@ -428,55 +467,72 @@ class ArchiveStreamError(OSError):
 
 
 def _inflated(raw: BinaryIO) -> Iterator[bytes]:
-    """The uncompressed bytes of a (multi-member) gzip stream, or the raw bytes, in chunks."""
+    """The uncompressed bytes of a (multi-member) gzip stream, or the raw bytes, in chunks.
+
+    Members are read one after another by the gzip reader (in C with ISA-L), in chunks of
+    ``_MAX_INFLATE`` bytes that span many members: Common Crawl writes one member per record, and a
+    Python loop per member cost more than inflating it.
+    """
     data = raw.read(_CHUNK)
     if not data.startswith(_GZIP_MAGIC):
         while data:
             yield data
             data = raw.read(_CHUNK)
         return
-    inflater, fed = _inflate.decompressobj(31), False
-    while True:
-        if not data:
-            data = raw.read(_CHUNK)
-            if not data:
-                break
-        out = inflater.decompress(data, _MAX_INFLATE)
-        fed = True
-        if out:
-            yield out
-        if inflater.eof:
-            data, inflater, fed = inflater.unused_data, _inflate.decompressobj(31), False
-        else:
-            data = inflater.unconsumed_tail
-    if fed:
-        tail = inflater.flush()
-        if tail:
-            yield tail
-        if not inflater.eof:
-            raise ArchiveStreamError("compressed file ended before the end of its last gzip member")
+    with _gzip.GzipFile(fileobj=_Replayed(data, raw), mode="rb") as members:
+        while chunk := members.read(_MAX_INFLATE):
+            yield chunk
+
+
+class _Replayed(io.RawIOBase):
+    """A binary stream that returns ``first`` (bytes already read off ``raw``), then the rest of ``raw``:
+    the gzip magic is sniffed on streams that cannot seek back (HTTP)."""
+
+    def __init__(self, first: bytes, raw: BinaryIO) -> None:
+        super().__init__()
+        self._first = memoryview(first)
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` from the replayed bytes first, then from ``raw``."""
+        out = memoryview(buffer).cast("B")
+        if self._first:
+            n = min(len(out), len(self._first))
+            out[:n] = self._first[:n]
+            self._first = self._first[n:]
+            return n
+        data = self._raw.read(len(out))
+        out[:len(data)] = data
+        return len(data)
 
 
 class _Stream:
-    """A sequential reader over byte chunks with a small look-ahead buffer; ``offset`` counts bytes consumed."""
+    """A sequential reader over byte chunks with a small look-ahead buffer; ``offset`` counts bytes consumed.
+
+    Chunks are large (many records each), so the common calls slice the buffer without a Python loop.
+    """
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
         self._buf = b""
         self._pos = 0
-        self.offset = 0
+        self._start = 0         # stream offset of ``_buf[0]``
+
+    @property
+    def offset(self) -> int:
+        return self._start + self._pos
 
     def _fill(self) -> bool:
         chunk = next(self._chunks, None)
         if chunk is None:
             return False
+        self._start += self._pos
         self._buf = self._buf[self._pos:] + chunk if self._pos < len(self._buf) else chunk
         self._pos = 0
         return True
-
-    def _advance(self, n: int) -> None:
-        self._pos += n
-        self.offset += n
 
     def peek(self, n: int) -> bytes:
         """The next ``n`` bytes (fewer at the end of the stream), not consumed."""
@@ -487,14 +543,13 @@ class _Stream:
     def head(self, limit: int) -> bytes | None:
         """The bytes before the next blank line (``CRLF CRLF``), consumed with it; None at the end of the stream."""
         while True:
-            while self._pos < len(self._buf) and self._buf[self._pos] in b"\r\n":  # blank lines between records
-                self._advance(1)
-            end = self._buf.find(b"\r\n\r\n", self._pos)
+            buf = self._buf
+            pos = self._pos = _BLANK_LINES.match(buf, self._pos).end()  # type: ignore[union-attr]
+            end = buf.find(b"\r\n\r\n", pos)
             if end >= 0:
-                head = self._buf[self._pos:end]
-                self._advance(end + 4 - self._pos)
-                return head
-            if len(self._buf) - self._pos > limit:
+                self._pos = end + 4
+                return buf[pos:end]
+            if len(buf) - pos > limit:
                 raise ArchiveStreamError(f"record header longer than {limit} bytes at offset {self.offset}")
             if not self._fill():
                 if self._pos < len(self._buf):
@@ -503,6 +558,10 @@ class _Stream:
 
     def take(self, n: int, keep: int) -> bytes:
         """Consume the next ``n`` bytes and return the first ``keep`` of them."""
+        pos = self._pos
+        if n <= len(self._buf) - pos:  # the usual case: the whole block is in the buffer
+            self._pos = pos + n
+            return self._buf[pos:pos + (n if n < keep else keep)] if keep > 0 else b""
         parts: list[bytes] = []
         while n > 0:
             if self._pos >= len(self._buf) and not self._fill():
@@ -511,7 +570,7 @@ class _Stream:
             if keep > 0:
                 parts.append(self._buf[self._pos:self._pos + min(k, keep)])
                 keep -= k
-            self._advance(k)
+            self._pos += k
             n -= k
         return parts[0] if len(parts) == 1 else b"".join(parts)
 

@@ -479,3 +479,137 @@ def test_columnar_wat_extraction_matches_record_by_record() -> None:
     assert wat_batch([b'{"Envelope": {broken'], ["http://x.t/"]) is None
     assert wat_batch([b'{"a": "lone \\ud800 surrogate"}'], ["http://x.t/"]) is None
     assert wat_batch([b'{"Envelope": {"Payload-Metadata": 5}}'], ["http://x.t/"]) is None
+
+
+# ---------------------------------------------------------------- msgspec WAT path, columnar URL and caption rules
+
+def _weird_wat_docs() -> list[bytes]:
+    """WAT payloads off the plain path: types msgspec rejects, duplicate keys, odd paths, broken JSON."""
+    env = {"WARC-Header-Metadata": {"WARC-Target-URI": "http://w.t/p"}}
+
+    def doc(html_meta: object, envelope: object = None) -> bytes:
+        e = dict(env, **{"Payload-Metadata": {"HTTP-Response-Metadata": {"HTML-Metadata": html_meta}}})
+        return json.dumps({"Envelope": e if envelope is None else envelope}).encode()
+
+    img = {"path": "IMG@/src", "url": "/i.png", "alt": "Plain image"}
+    return [
+        doc({"Links": [img, {"path": "IMG@/src", "url": 5, "alt": "Number url"}]}),  # non-string url
+        doc({"Links": [img, "not a link", None]}),
+        doc({"Links": {}}), doc({"Links": False}), doc({"Links": None}), doc({"Links": "text"}),
+        doc({"Links": [img], "Head": {"Base": 7}}), doc("html"), doc(None, envelope="envelope"),
+        doc({"Links": [{"path": "img@/SRC", "url": "a.png", "alt": "Lower case"},
+                       {"path": "IMG@/data/src", "url": "b.png", "alt": "Prefixed"},
+                       {"path": "\u0131mg@/src", "url": "c.png", "alt": "Dotless i"},
+                       {"path": "IMG@/srcset", "url": "d.png", "alt": "Srcset"}]}),
+        b'{"Envelope": {"Payload-Metadata": {"HTTP-Response-Metadata": {"HTML-Metadata": {"Links": ['
+        b'{"path": "A@/href", "url": "/dup.png", "path": "IMG@/src", "alt": "Duplicate key"}]}}}}}',
+        b'{"Envelope": {"Payload-Metadata": {"HTTP-Response-Metadata": {"HTML-Metadata": {"Links": ['
+        b'{"path": "I\\u004dG@/src", "url": "/escaped.png", "alt": "Escaped path"}]}}}}, "x": NaN}',
+        doc({"Links": [dict(img, alt="lone \ud800 surrogate")]}),
+        b'{"Envelope": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'{"Envelope": {broken', b"[1, 2]", b"",
+    ]
+
+
+def test_decoded_wat_extraction_matches_record_by_record() -> None:
+    """msgspec's columnar path gives what wat_images gives, and leaves every record it cannot read plainly to it."""
+    pytest.importorskip("msgspec")
+    from pipeline.extract import CorruptRecord, decode_wat, parse_wat, wat_columns, wat_images
+
+    docs = [_wat_doc("http://p.t/a/b.html", [{"path": "IMG@/src", "url": u, "alt": a} for u in
+                                             ("x.png", "/y.png", "//c.t/z.png", "../up.png", "data:x", "")
+                                             for a in ("An image", "", " Two  spaces ", "Café &amp; co")])]
+    docs += _weird_wat_docs()
+    decoded = [(d, decode_wat(d)) for d in docs]
+    plain = [(d, doc) for d, doc in decoded if doc is not None]
+    assert [doc is None for _, doc in decoded] == [False, True, True, True, True, False, True, True, True, True,
+                                                  False, False, True, True, True, True, True, True]
+    for use_title in (True, False):
+        page_urls, has_html, cols = wat_columns([doc for _, doc in plain], ["http://f.t/"] * len(plain), use_title)
+        rows, drops, pages = [], {}, 0
+        for i, (payload, _) in enumerate(plain):
+            page, refs = wat_images(parse_wat(payload), "http://f.t/", use_title)
+            pages += refs is not None
+            for ref in refs or []:
+                if ref.drop:
+                    drops[ref.drop] = drops.get(ref.drop, 0) + 1
+                else:
+                    rows.append((i, page, ref.url, ref.caption, ref.caption_attr))
+        assert [(p, page_urls[p], u, c, a) for p, u, c, a in zip(cols.page, cols.url.to_pylist(),
+                                                                 cols.caption.to_pylist(),
+                                                                 cols.caption_attr.to_pylist())] == rows
+        assert dict(cols.drops) == drops and int(has_html.sum()) == pages
+    with pytest.raises(CorruptRecord, match="nested too deeply"):  # the standard library's RecursionError
+        parse_wat(docs[-4])
+
+
+def _crawl_rows_and_stats(path: Path, out: Path) -> tuple[list[tuple], dict]:
+    stats = run_crawl([str(path)], out, CrawlConfig(workers=1))
+    rows = [(r["uid"], r["url"], r["caption"], r["page_url"], r["caption_attr"]) for r in _rows(out)]
+    return rows, {k: v for k, v in stats.to_dict().items() if k != "seconds"}
+
+
+def test_wat_crawl_is_the_same_on_every_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows (in order) and counts of a WAT file mixing plain and odd records: msgspec path, Arrow path, and
+    record by record."""
+    path = tmp_path / "mix.wat.gz"
+    plain = [_wat_doc(f"http://m.t/{i}/", [{"path": "IMG@/src", "url": f"{i}.png", "alt": f"Mixed {i}"},
+                                          {"path": "A@/href", "url": "/a"}]) for i in range(6)]
+    payloads = [p for pair in zip(plain, _weird_wat_docs()) for p in pair] + _weird_wat_docs()[6:]
+    with open(path, "wb") as fh:
+        writer = WARCWriter(fh, gzip=True)
+        for i, payload in enumerate(payloads):
+            _metadata_record(writer, f"http://m.t/r{i}", payload)
+    fast = _crawl_rows_and_stats(path, tmp_path / "fast")
+    assert fast[1]["extra"]["corrupt_records"] == 5 and len(fast[0]) == 14
+    monkeypatch.setattr(crawl_mod, "WAT_DECODER_AVAILABLE", False)
+    assert _crawl_rows_and_stats(path, tmp_path / "arrow") == fast
+    monkeypatch.setattr(crawl_mod, "wat_batch", lambda *a, **k: None)
+    assert _crawl_rows_and_stats(path, tmp_path / "python") == fast
+
+
+def test_columnar_urls_and_captions_match_python_rules() -> None:
+    """resolve_urls / normalise_captions (byte-level NumPy classification) against resolve_url / normalise_caption,
+    on random URLs and texts built of the characters their rules turn on, in sliced arrays too."""
+    import random
+
+    import numpy as np
+    import pyarrow as pa
+
+    from pipeline.extract import normalise_caption, normalise_captions, resolve_urls
+
+    rng = random.Random(7)
+    pieces = ["http://", "HTTPS://", "hTTp:", "//", "/", ".", "./", "../", "a", "b.png", ":", "?", "#", " ", "\t",
+              "\x0b", "\x1f", "\x7f", "é", "mailto:", "data:", "%20", "&", "\n", "@", "ftp://"]
+    bases = ["http://p.t/a/b.html", "https://q.t", "https://Q.T:8080/dir/", "ftp://bad/x", "http://h.t/x?y#z"]
+    texts = ["a", "B", " ", "  ", "\t", "\n", "\x1c", "\x01", "&amp;", "&", "é", "\xa0", "日本", "e\u0301"]
+    for _ in range(200):
+        raws = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))) if rng.random() > 0.05 else None
+                for _ in range(rng.randint(0, 40))]
+        page = np.array([rng.randrange(3) for _ in raws], dtype=np.int64)
+        page_bases = [rng.choice(bases) for _ in range(3)]
+        column = pa.array(["pad"] + raws, pa.string()).slice(1) if rng.random() < 0.5 else pa.array(raws, pa.string())
+        urls, failed = resolve_urls(column, page, page_bases)
+        for i, (raw, p) in enumerate(zip(raws, page)):
+            assert (("", failed[i]) if i in failed else (urls[i].as_py(), None)) == resolve_url(raw, page_bases[p])
+        captions = ["".join(rng.choice(texts) for _ in range(rng.randint(0, 6))) if rng.random() > 0.1 else None
+                    for _ in range(rng.randint(0, 30))]
+        column = pa.array(["pad"] + captions, pa.string()).slice(1) if rng.random() < 0.5 else \
+            pa.array(captions, pa.string())
+        assert normalise_captions(column).to_pylist() == [normalise_caption(c) for c in captions]
+
+
+def test_invalid_utf8_in_wat_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Invalid UTF-8 in a field the crawl reads makes a corrupt record; in a field it skips, neither the msgspec
+    path nor Arrow's JSON reader checks it, so the record still counts."""
+    links = [{"path": "IMG@/src", "url": "/a.jpg", "alt": "Still read"}]
+    skipped = _wat_doc("http://b.test/p", links)[:-1] + b', "X": "\xff"}'
+    read = _wat_doc("http://b.test/q", [dict(links[0], alt="Bad \xff")]).replace(b"Bad \\u00ff", b"Bad \xff")
+    for name, payload, expected in (("skipped", skipped, ["Still read"]), ("read", read, [])):
+        path = tmp_path / f"{name}.wat.gz"
+        with open(path, "wb") as fh:
+            _metadata_record(WARCWriter(fh, gzip=True), "http://b.test/p", payload)
+        for decoder in sorted({crawl_mod.WAT_DECODER_AVAILABLE, False}):  # msgspec's path when installed, Arrow's
+            monkeypatch.setattr(crawl_mod, "WAT_DECODER_AVAILABLE", decoder)
+            rows, stats = _crawl_rows_and_stats(path, tmp_path / f"{name}-{decoder}")
+            assert [r[2] for r in rows] == expected and stats["extra"]["corrupt_records"] == (not expected)
