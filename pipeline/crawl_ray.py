@@ -8,47 +8,24 @@ the same way once Ray's retries are spent, and the crawl goes on.
 """
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
 import sys
-from typing import Any, Iterator
+from typing import Any
 
 from tqdm import tqdm
 
 from pipeline.crawl import STAGE, CrawlConfig, crawl_job
+from pipeline.raysession import ray_session
 
 #: Telemetry and update checks off in the workers (no network but package indexes).
 WORKER_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
               "NO_ALBUMENTATIONS_UPDATE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-@contextlib.contextmanager
-def ray_session(address: str | None, num_cpus: int = 0) -> Iterator[None]:
-    """Use the caller's Ray if initialised; else connect to ``address``/``$RAY_ADDRESS`` or start a local
-    Ray with ``num_cpus`` CPUs (0 = all), and shut it down afterwards."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "runtime_env": {"env_vars": dict(WORKER_ENV)}}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **kwargs)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def crawl_on_ray(jobs: list[tuple[str, str]], cfg: CrawlConfig) -> list[str]:
     """Run ``crawl_job(source, part, cfg)`` for every job on Ray; return the failure messages."""
     import ray
 
-    with ray_session(cfg.ray_address, cfg.workers):
+    with ray_session(cfg.ray_address, cfg.workers, WORKER_ENV):
         slots = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         task = ray.remote(num_cpus=1)(crawl_job)
         cfg_ref = ray.put(cfg)
