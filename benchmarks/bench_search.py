@@ -10,9 +10,12 @@ in real pHashes (the DC coefficient is always above the median). Queries:
 
 Exactness: the multi-index results equal the brute force's on the sample the brute force runs on
 (``exact``). Rates are lookups (query hashes) per CPU-second of this process (one thread; on a shared
-machine wall-clock rates swing with other load). Writes ``benchmarks/results/search.json``.
+machine wall-clock rates swing with other load): all queries in one call (the kernel shares bucket
+lookups between queries with the same chunk key, so big calls are cheapest), and in calls of
+``--batch`` queries (a dedup shard's worth: ~2 lookups per image), checked equal to the single call.
+Writes ``benchmarks/results/search.json``.
 
-    .venv/bin/python benchmarks/bench_search.py [--queries 1000000] [--brute-queries 20000]
+    .venv/bin/python benchmarks/bench_search.py [--queries 1000000] [--brute-queries 20000] [--batch 20000]
 """
 from __future__ import annotations
 
@@ -77,7 +80,14 @@ def same(a: tuple[np.ndarray, ...], b: object) -> bool:
     return all(np.array_equal(x, y) for x, y in zip(a, (b.query, b.target, b.distance)))
 
 
-def run_case(rng: np.random.Generator, n_index: int, radius: int, n_queries: int, n_brute: int) -> dict:
+def in_batches(mih: MultiIndexHash, q: np.ndarray, batch: int) -> tuple[np.ndarray, ...]:
+    """``mih.search`` called on ``batch`` queries at a time, the results joined as one call's."""
+    parts = [mih.search(q[i:i + batch]) for i in range(0, q.size, batch)]
+    return (np.concatenate([p[0] + i for p, i in zip(parts, range(0, q.size, batch))]),
+            np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]))
+
+
+def run_case(rng: np.random.Generator, n_index: int, radius: int, n_queries: int, n_brute: int, batch: int) -> dict:
     index = hashes(rng, n_index)
     c0 = time.process_time()
     mih = MultiIndexHash(index, radius)
@@ -86,22 +96,27 @@ def run_case(rng: np.random.Generator, n_index: int, radius: int, n_queries: int
     brute = HashIndex(index)
     out = {"index_hashes": n_index, "radius": radius, "chunks": mih.m, "build_cpu_s": round(build_s, 3),
            "numba": mih.use_numba}
+    if mih.m:
+        out |= {"chunk_bits": list(mih.widths), "chunk_probe_radii": mih.radii.tolist()}
     for kind in ("far", "near"):
         q = hashes(rng, n_queries) if kind == "far" else near(rng, index, n_queries, radius)
         mih.search(q[:10])  # compile / warm up
         rate, wall, res = cpu_rate(lambda: mih.search(q), q.size)
+        batch_rate, _, batched = cpu_rate(lambda: in_batches(mih, q, batch), q.size)
         sample = q[:n_brute]
         brute_rate, _, ref = cpu_rate(lambda: brute.search(sample, max_distance=radius), sample.size, repeat=1)
         np_rate, _, np_res = cpu_rate(lambda: numpy_mih.search(sample), sample.size, repeat=1)
         exact = same(mih.search(sample), ref) and same(np_res, ref)
         out[kind] = {"queries": int(q.size), "matches_per_query": round(len(res[0]) / q.size, 4),
                      "mih_lookups_per_cpu_s": rate, "mih_lookups_per_wall_s": wall,
+                     "batch_queries": batch, "mih_lookups_per_cpu_s_in_batches": batch_rate,
+                     "batched_equals_one_call": all(np.array_equal(x, y) for x, y in zip(batched, res)),
                      "mih_numpy_lookups_per_cpu_s": np_rate, "brute_force_lookups_per_cpu_s": brute_rate,
                      "speedup_vs_brute_force": round(rate / max(brute_rate, 1), 1),
                      "exact_vs_brute_force": bool(exact), "checked_queries": int(sample.size),
                      "checked_matches": int(len(ref))}
-        print(f"{n_index:>9,} r={radius:2d} {kind:4s}: MIH {rate:>12,}/s  numpy {np_rate:>10,}/s  "
-              f"brute {brute_rate:>8,}/s  exact={exact}", flush=True)
+        print(f"{n_index:>9,} r={radius:2d} {kind:4s}: MIH {rate:>12,}/s  in batches {batch_rate:>10,}/s  "
+              f"numpy {np_rate:>10,}/s  brute {brute_rate:>8,}/s  exact={exact}", flush=True)
     return out
 
 
@@ -116,12 +131,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--queries", type=int, default=1_000_000)
     ap.add_argument("--brute-queries", type=int, default=20_000)
+    ap.add_argument("--batch", type=int, default=20_000)
     ap.add_argument("--out", type=Path, default=RESULT)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    cases = [run_case(rng, 100_000, r, args.queries, args.brute_queries) for r in (6, MAX_DISTANCE, 10)]
+    cases = [run_case(rng, 100_000, r, args.queries, args.brute_queries, args.batch) for r in (6, MAX_DISTANCE, 10)]
     big = 100_000 * len(VARIANTS)
-    cases += [run_case(rng, big, MAX_DISTANCE, args.queries // 4, args.brute_queries // 10)]
+    cases += [run_case(rng, big, MAX_DISTANCE, args.queries // 4, args.brute_queries // 10, args.batch)]
     versions = {p: metadata.version(p) for p in ("numpy", "numba") if _installed(p)}
     write_json(args.out, {"benchmark": "exact 64-bit Hamming radius search, one core", "machine": machine(),
                           "versions": versions, "default_radius": MAX_DISTANCE, "numba": _mih_kernel.AVAILABLE,

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from dedup.index import EvalIndexConfig, build_eval_index, load_eval_index, load_hash_index, load_robust_index
 from dedup.match import MATCH_SCHEMA, MatchConfig, QueryHashes, match_table
-from dedup.mih import MultiIndexHash, best_chunks, chunk_radii, chunk_widths
+from dedup.mih import MultiIndexHash, balanced_widths, best_chunks, chunk_radii, chunk_widths, probe_radii
 from dedup.phash import (DCT_FLIP_MASK, HASH_SCHEMA, VARIANTS, bytes_hash_columns, bytes_hashes, eval_variants,
                          hash_columns, image_hashes, phash, to_int64, trim_box)
 from dedup.search import DEFAULT_MAX_DISTANCE, HashIndex, hamming
@@ -283,6 +283,68 @@ def test_multi_index_edge_cases() -> None:
     assert all(len(x) == 0 for x in MultiIndexHash([], 4).search([1, 2]))
     assert all(len(x) == 0 for x in index.search([]))
     assert chunk_radii(4, 8) == [2, 1, 1, 1] and sum(chunk_widths(5)) == 64
+
+
+def assert_same_as_brute_force(index: MultiIndexHash, targets: np.ndarray, queries: np.ndarray, radius: int) -> None:
+    """Same pairs, order and distances as the brute force (itself checked against pure Python above)."""
+    got = index.search(queries, radius)
+    ref = HashIndex(targets).search(queries, max_distance=radius)
+    assert [g.tolist() for g in got] == [ref.query.tolist(), ref.target.tolist(), ref.distance.tolist()]
+
+
+def planted_at(rng: np.random.Generator, targets: np.ndarray, n: int, bits: int) -> np.ndarray:
+    """``n`` queries exactly ``bits`` bits (below the top bit) from random targets."""
+    out = targets[rng.integers(targets.size, size=n)].copy()
+    for i in range(n):
+        out[i] ^= np.uint64(sum(1 << int(b) for b in rng.choice(63, size=bits, replace=False)))
+    return out
+
+
+@pytest.mark.parametrize("use_numba", [True, False])
+def test_multi_index_exact_on_phash_like_hashes(use_numba: bool) -> None:
+    """Top bit always set (as in real pHashes: the chunks are then balanced on the 63 varying bits), random and
+    planted queries at every distance up to the radius and just past it, many queries per key (so the kernel
+    copies shared buckets) and few, every radius from 0 to the maximum."""
+    rng = np.random.default_rng(7)
+    top = np.uint64(1 << 63)
+    targets = random_hashes(rng, 4000) | top
+    targets[:3] = targets[3]
+    queries = np.concatenate([random_hashes(rng, 1500) | top]
+                             + [planted_at(rng, targets, 150, bits) for bits in range(11)])
+    index = MultiIndexHash(targets, max_radius=10, chunks=6, use_numba=use_numba)
+    assert index.widths[0] == 12 and sum(index.widths) == 64  # the constant top bit rides with chunk 0
+    for radius in range(11):
+        assert_same_as_brute_force(index, targets, queries, radius)
+    auto = MultiIndexHash(targets, max_radius=8, use_numba=use_numba)
+    assert_same_as_brute_force(auto, targets, rng.permutation(queries), 8)
+
+
+@pytest.mark.parametrize("use_numba", [True, False])
+def test_multi_index_radius_edges_and_many_matches(use_numba: bool) -> None:
+    """Radius 0 (one chunk is enough), radius 64 (every pair: each chunk's probes cover its whole key space)
+    and queries with more matches than the kernel's first output buffer holds."""
+    rng = np.random.default_rng(3)
+    targets = random_hashes(rng, 300)
+    queries = np.concatenate([targets[:40], random_hashes(rng, 40)])
+    exact = MultiIndexHash(targets, max_radius=0, chunks=4, use_numba=use_numba)
+    assert_same_as_brute_force(exact, targets, queries, 0)
+    everything = MultiIndexHash(targets[:60], max_radius=64, chunks=8, use_numba=use_numba)
+    assert_same_as_brute_force(everything, targets[:60], queries[:30], 64)
+    crowded = np.concatenate([np.repeat(targets[:2], 1500), targets])  # 1500 copies of two hashes
+    index = MultiIndexHash(crowded, max_radius=6, chunks=5, use_numba=use_numba)
+    assert_same_as_brute_force(index, crowded, np.repeat(targets[:4], 3), 6)
+
+
+def test_multi_index_layout() -> None:
+    top_constant = (1 << 64) - 1 - (1 << 63)
+    assert balanced_widths(4, top_constant) == [17, 16, 16, 15]
+    assert balanced_widths(4, (1 << 64) - 1) == [16, 16, 16, 16] == chunk_widths(4)
+    assert balanced_widths(5, 0b111) == chunk_widths(5)  # too few varying bits to share
+    widths = chunk_widths(5)
+    for radius in (0, 1, 4, 8, 12):
+        t = probe_radii(widths, widths, 100_000, radius)
+        assert sum(x + 1 for x in t) > radius and min(t) >= -1  # the pigeonhole condition
+    assert sorted(probe_radii(widths, widths, 100_000, 0)) == [-1, -1, -1, -1, 0]
 
 
 # ---------------------------------------------------------------- robust index
