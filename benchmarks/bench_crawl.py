@@ -27,7 +27,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import pstats
 import random
 import resource
@@ -36,7 +35,6 @@ import tempfile
 import time
 import uuid
 from html.parser import HTMLParser
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urljoin
@@ -49,6 +47,7 @@ sys.path.insert(0, str(REPO))
 
 import pipeline.crawl as crawl  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
+from benchinfo import machine_info  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "crawl.json"
 EXTS = (".jpg", ".jpeg", ".png", ".webp", ".gif")
@@ -312,17 +311,8 @@ def profile(path: Path, tmp: Path, top: int = 12) -> list[str]:
 
 
 def machine() -> dict[str, Any]:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 platform.processor())
-    packages = {}
-    for name in ("warcio", "selectolax", "orjson", "msgspec", "isal", "pyarrow"):
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            packages[name] = None
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_model": model,
-            "cpu_count": os.cpu_count(), "cores_used": 1, "load_average_at_start": os.getloadavg(),
-            "packages": packages, "inflate": crawl._inflate.__name__}
+    return machine_info(("warcio", "selectolax", "orjson", "msgspec", "isal", "pyarrow"), cores_used=1,
+                        inflate=crawl._inflate.__name__)
 
 
 def main() -> None:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import platform
 import sys
 import time
 from importlib import metadata
@@ -38,6 +36,7 @@ sys.path.insert(0, str(REPO))
 from dedup.match import MAX_DCT_DISTANCE, MAX_DISTANCE, MatchConfig, QueryHashes, RobustIndex  # noqa: E402
 from dedup.phash import VARIANTS, eval_variants, hash_columns  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
+from benchinfo import machine_info  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "dedup.json"
 PHOTOS = ("astronaut", "brick", "camera", "cell", "chelsea", "clock_motion", "coffee", "coins", "grass",
@@ -242,10 +241,7 @@ def sweep(all_pairs: dict[str, np.ndarray], own: dict[str, np.ndarray], n: int, 
 
 
 def machine() -> dict[str, object]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cores": os.cpu_count(), "load_avg_1min": round(os.getloadavg()[0], 2)}
+    return machine_info()
 
 
 def main() -> None:

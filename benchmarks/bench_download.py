@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -37,6 +36,8 @@ from concurrent.futures import ProcessPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from benchinfo import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -320,13 +321,7 @@ def ceiling(names: list[str], n: int = 400) -> dict[str, Any]:
 # ---------------------------------------------------------------- report
 
 def machine() -> dict[str, Any]:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-               if line.startswith("MemTotal"))
-    return {"platform": platform.platform(), "cpu_model": model, "cores": os.cpu_count(),
-            "memory_gib": round(mem / 2**20, 1), "python": platform.python_version(),
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+    return machine_info(("img2dataset", "ray", "pillow", "opencv-python-headless", "numpy"))
 
 
 def summarize(runs: list[dict[str, Any]], cores: int, ceil: dict[str, Any]) -> dict[str, Any]:

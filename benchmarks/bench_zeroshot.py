@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pipeline.io import write_json  # noqa: E402
 from training import zeroshot as Z  # noqa: E402
+from benchinfo import machine_info  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "zeroshot.json"
 CLASSES = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead shark", "electric ray",
@@ -41,13 +40,9 @@ CLASSES = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead 
 def machine() -> dict[str, Any]:
     import torch
 
-    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), platform.processor())
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu_model": cpu_model, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": gpu, "python": platform.python_version(), "platform": platform.platform(),
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-            "packages": {p: metadata.version(p) for p in ("torch", "torchvision", "open_clip_torch", "pillow")}}
+    return machine_info(("torch", "torchvision", "open_clip_torch", "pillow"), gpu=gpu,
+                        torch_threads=torch.get_num_threads())
 
 
 def timed(fn: Callable[[], Any], repeat: int) -> dict[str, Any]:
