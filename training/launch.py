@@ -38,12 +38,14 @@ class Launch:
     world_size: int = 1
     rank: int = 0
     rdzv_endpoint: str = ""
+    node_rank_known: bool = False  # several nodes with $NODE_RANK/$SLURM_NODEID: a static rendezvous
 
     @property
     def primary(self) -> bool:
         """Whether this process's trainer writes checkpoints and results.jsonl: global rank 0. For a multi-node
-        torchrun launch the node rank comes from $NODE_RANK or $SLURM_NODEID (0 when neither is set: torchrun's
-        rendezvous assigns it), and a node that finds no checkpoint after exit code 0 is not an error."""
+        torchrun launch the node rank comes from $NODE_RANK or $SLURM_NODEID, and the rendezvous is static so
+        node 0 is rank 0; with neither set torchrun's c10d rendezvous assigns ranks in order of arrival, every
+        node assumes it may be first, and a node that finds no checkpoint after exit code 0 is not an error."""
         return self.rank == 0
 
 
@@ -79,15 +81,19 @@ def resolve_launch(cfg: TrainConfig, env: Mapping[str, str], n_gpus: int) -> Lau
         raise WitError(f"train: launcher=python runs one process, but nproc_per_node x nnodes = {world}")
     if cfg.launcher == "torchrun" or world > 1:
         endpoint = rendezvous_endpoint(cfg, env) if cfg.nnodes > 1 else ""
-        node_rank = int(env.get("NODE_RANK", env.get("SLURM_NODEID", "0"))) if cfg.nnodes > 1 else 0
-        return Launch("torchrun", nproc, cfg.nnodes, world, node_rank * nproc, endpoint)
+        node_env = env.get("NODE_RANK", env.get("SLURM_NODEID")) if cfg.nnodes > 1 else None
+        return Launch("torchrun", nproc, cfg.nnodes, world, int(node_env or 0) * nproc, endpoint, node_env is not None)
     return Launch("python")
 
 
 def torchrun_command(launch: Launch, module_args: list[str], rdzv_id: str, python: str = sys.executable) -> list[str]:
     """``torchrun`` (as ``python -m torch.distributed.run``) running ``training.open_clip_main`` per process."""
     cmd = [python, "-m", "torch.distributed.run", "--nproc-per-node", str(launch.nproc_per_node)]
-    if launch.nnodes > 1:
+    if launch.nnodes > 1 and launch.node_rank_known:
+        host, port = launch.rdzv_endpoint.rsplit(":", 1)
+        cmd += ["--nnodes", str(launch.nnodes), "--node-rank", str(launch.rank // launch.nproc_per_node),
+                "--master-addr", host, "--master-port", port]
+    elif launch.nnodes > 1:
         cmd += ["--nnodes", str(launch.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", launch.rdzv_endpoint,
                 "--rdzv-id", rdzv_id]
     else:

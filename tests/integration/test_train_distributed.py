@@ -72,16 +72,30 @@ def test_torchrun_two_processes(shards: Path, tmp_path: Path) -> None:
     assert "world_size: 2" in (tmp_path / "out" / "wit" / "params.txt").read_text()
 
 
-def test_two_torchrun_nodes_meet_at_a_rendezvous(shards: Path, tmp_path: Path) -> None:
-    """Two nodes (one process each), as on two machines with their own disks: node 0 writes the checkpoint."""
+def two_nodes(shards: Path, tmp_path: Path, node_rank_env: bool) -> list[str]:
+    """Two torchrun nodes (one process each) with their own output folders, as two machines with own disks."""
     endpoint = f"127.0.0.1:{free_port()}"
     nodes = [wit_train(shards, tmp_path / f"node{rank}", "--nnodes", "2", "--nproc-per-node", "1",
-                       "--rdzv-endpoint", endpoint, "--rdzv-id", "itest", env={"NODE_RANK": str(rank)})
-             for rank in (0, 1)]
-    outputs = [finish(node) for node in nodes]
+                       "--rdzv-endpoint", endpoint, "--rdzv-id", "itest",
+                       env={"NODE_RANK": str(rank)} if node_rank_env else {}) for rank in (0, 1)]
+    return [finish(node) for node in nodes]
+
+
+def test_two_nodes_with_node_ranks_static_rendezvous(shards: Path, tmp_path: Path) -> None:
+    """$NODE_RANK known (as under SLURM): node 0 is global rank 0 and writes the checkpoint."""
+    outputs = two_nodes(shards, tmp_path, node_rank_env=True)
     assert_trained(tmp_path / "node0", 2)
     assert not list((tmp_path / "node1").glob("wit/checkpoints/*.pt")), "only the global rank 0 writes checkpoints"
-    assert printed_result(outputs[1])["primary"] is False
+    assert printed_result(outputs[0])["primary"] is True and printed_result(outputs[1])["primary"] is False
+
+
+def test_two_nodes_elastic_c10d_rendezvous(shards: Path, tmp_path: Path) -> None:
+    """No node rank: the c10d rendezvous ranks nodes by arrival; whichever became rank 0 has the checkpoint,
+    the other ends without error and says it is not the primary."""
+    outputs = two_nodes(shards, tmp_path, node_rank_env=False)
+    primary = [printed_result(out)["primary"] for out in outputs]
+    assert sorted(primary) == [False, True], primary
+    assert_trained(tmp_path / f"node{primary.index(True)}", 2)
 
 
 def test_srun_style_ranks_without_torchrun(shards: Path, tmp_path: Path) -> None:

@@ -270,7 +270,8 @@ def test_launch_single_multi_gpu_and_nodes() -> None:
     with pytest.raises(WitError, match="launcher=python runs one process"):
         L.resolve_launch(T.TrainConfig(launcher="python"), {}, n_gpus=2)
 
-    # Several nodes: c10d rendezvous at the option's endpoint or MASTER_ADDR:MASTER_PORT.
+    # Several nodes: c10d rendezvous at the option's endpoint or MASTER_ADDR:MASTER_PORT; a static one (node 0 is
+    # rank 0) when the node rank is known.
     nodes = T.TrainConfig(nnodes=2, nproc_per_node=8, rdzv_id="job7")
     with pytest.raises(WitError, match="rdzv_endpoint"):
         L.resolve_launch(nodes, {}, n_gpus=8)
@@ -279,7 +280,10 @@ def test_launch_single_multi_gpu_and_nodes() -> None:
     assert L.launch_command(two, ["--epochs", "1"], nodes, py)[:13] == [
         py, "-m", "torch.distributed.run", "--nproc-per-node", "8", "--nnodes", "2", "--rdzv-backend", "c10d",
         "--rdzv-endpoint", "10.0.0.1:29500", "--rdzv-id", "job7"]
-    assert not L.resolve_launch(nodes, {"MASTER_ADDR": "10.0.0.1", "SLURM_NODEID": "1"}, n_gpus=8).primary
+    second = L.resolve_launch(nodes, {"MASTER_ADDR": "10.0.0.1", "SLURM_NODEID": "1"}, n_gpus=8)
+    assert not second.primary and second.rank == 8
+    assert L.launch_command(second, [], nodes, py)[5:13] == [
+        "--nnodes", "2", "--node-rank", "1", "--master-addr", "10.0.0.1", "--master-port", "29500"]
     explicit = L.resolve_launch(T.TrainConfig(nnodes=2, rdzv_endpoint="head:1234"), {"MASTER_ADDR": "x"}, n_gpus=2)
     assert explicit.rdzv_endpoint == "head:1234" and explicit.world_size == 4
 
