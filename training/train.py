@@ -79,7 +79,9 @@ class TrainConfig:
     launcher: str = field("auto", help="python, torchrun or auto (torchrun for several processes or nodes; "
                           "under an outer torchrun/srun, open_clip joins that job)")
     nproc_per_node: int = field(0, help="training processes per node; 0: every visible GPU (1 on CPU)")
-    nnodes: int = field(1, help="nodes (torchrun --nnodes); > 1 needs rdzv_endpoint or MASTER_ADDR")
+    nnodes: int = field(1, help="nodes (torchrun --nnodes); > 1 needs rdzv_endpoint or MASTER_ADDR; with "
+                                 "$NODE_RANK or $SLURM_NODEID set the rendezvous is static (node 0 is rank 0 and "
+                                 "writes the checkpoints), else c10d ranks nodes as they arrive")
     rdzv_endpoint: str = field("", help="HOST:PORT of the rendezvous for several nodes; "
                                "empty: $MASTER_ADDR:$MASTER_PORT")
     rdzv_id: str = field("wit-train", help="rendezvous id shared by the nodes of one job")
