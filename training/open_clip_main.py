@@ -8,6 +8,8 @@ the model named after the file.
 """
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import sys
 from pathlib import Path
@@ -71,6 +73,20 @@ def allow_cpu_ddp() -> None:
     torch.nn.parallel.DistributedDataParallel = CpuDDP  # type: ignore[misc]
 
 
+def quiet_torch_exit_logs() -> None:
+    """open_clip's logging setup puts every logger at INFO, so torch's own exit hooks (dynamo's compile
+    statistics, once per rank) would print a dozen lines after training; raise torch's loggers to WARNING
+    just before those hooks run (atexit runs the last registered first)."""
+    import torch._dynamo  # noqa: F401  (its exit hooks must be registered before ours)
+
+    def quiet() -> None:
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("torch"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+
+    atexit.register(quiet)
+
+
 def _distributed_on_cpu(argv: list[str]) -> bool:
     device = argv[argv.index("--device") + 1] if "--device" in argv[:-1] else "cuda"
     return device == "cpu" and int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1
@@ -86,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     if _distributed_on_cpu(argv):
         allow_cpu_ddp()
     from open_clip_train.main import main as open_clip_train_main
+
+    quiet_torch_exit_logs()
 
     result = open_clip_train_main(argv)
     return result if isinstance(result, int) else 0
