@@ -8,23 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.config import add_config_args, config_from_args
 from pipeline.errors import WitError
+from pipeline.raysession import set_quiet_env
 
-# No network but package registries: telemetry and update checks off before anything imports them.
-QUIET_ENV = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "NO_ALBUMENTATIONS_UPDATE": "1",
-    "WANDB_MODE": "disabled",
-    "HF_HUB_OFFLINE": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "TOKENIZERS_PARALLELISM": "false",
-}
 
 
 def _print_json(obj: Any) -> None:
@@ -295,8 +286,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
 
 
 def main(argv: list[str] | None = None) -> int:
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    set_quiet_env()  # before anything imports the libraries it quiets
     parser = make_parser()
     args = parse_args(parser, list(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "func", None):

@@ -14,18 +14,14 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.crawl import STAGE, CrawlConfig, crawl_job
-from pipeline.raysession import ray_session
-
-#: Telemetry and update checks off in the workers (no network but package indexes).
-WORKER_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
-              "NO_ALBUMENTATIONS_UPDATE": "1", "TOKENIZERS_PARALLELISM": "false"}
+from pipeline.raysession import QUIET_ENV, ray_session
 
 
 def crawl_on_ray(jobs: list[tuple[str, str]], cfg: CrawlConfig) -> list[str]:
     """Run ``crawl_job(source, part, cfg)`` for every job on Ray; return the failure messages."""
     import ray
 
-    with ray_session(cfg.ray_address, cfg.workers, WORKER_ENV):
+    with ray_session(cfg.ray_address, cfg.workers, QUIET_ENV):
         slots = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         task = ray.remote(num_cpus=1)(crawl_job)
         cfg_ref = ray.put(cfg)

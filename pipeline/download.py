@@ -9,7 +9,8 @@
    address guard with per-host limits, opt-out headers, byte/pixel caps and timeouts
    (:mod:`pipeline.download_fetch`); decode each image once, hash it before resizing (pHash, mirrored,
    border-trimmed and DCT sign hashes), match it against the eval indexes with the robust detector of
-   ``wit dedup`` (:mod:`dedup.match`: flips, crops, padding, rotations), resize/encode it with img2dataset's semantics (:mod:`pipeline.download_image`);
+   ``wit dedup`` (:mod:`dedup.match`: flips, crops, padding, rotations), resize/encode it with img2dataset's
+   semantics (:mod:`pipeline.download_image`);
    commit the shard atomically. Ray retries a task whose worker died or that raised (``shard_retries``);
    shards still failing are counted as ``shard_failed`` and redone by the next run.
    With ``retry_failed``, finished shards re-fetch their retryable failures and are re-committed merged.
@@ -45,7 +46,7 @@ from pipeline.download_shard import (OVERLAP_SCHEMA, ShardJob, done_shards, down
                                      overlap_path, read_overlap, recover, remove_shard, retry_shard, shard_name,
                                      stats_path)
 from pipeline.io import clean_tmp, read_json, write_json, write_parquet
-from pipeline.raysession import ray_session
+from pipeline.raysession import ray_session, set_quiet_env
 from pipeline.stats import StageStats
 
 __all__ = ["DownloadConfig", "run_download", "error_reason"]
@@ -54,8 +55,6 @@ log = logging.getLogger(__name__)
 
 SIZES_FILE = "sizes.json"
 OVERLAP_FILE = "overlap.parquet"
-QUIET_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled", "WANDB_SILENT": "true",
-             "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 # ---------------------------------------------------------------- Ray
@@ -180,8 +179,7 @@ def run_stats(plan: Plan, shard_stats: dict[int, dict[str, Any]], failed: list[i
 
 def _prepare(shards_dir: Path, overlap_dir: Path) -> None:
     """Folders exist; leftovers of a killed run are finished (commits) or removed (temporary files)."""
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    set_quiet_env()
     shards_dir.mkdir(parents=True, exist_ok=True)
     for folder in (shards_dir, shards_dir / "_input", shards_dir / "_overlap", overlap_dir):
         clean_tmp(folder)

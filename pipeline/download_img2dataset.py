@@ -53,12 +53,12 @@ from dedup.search import DEFAULT_MAX_DISTANCE, HashIndex
 from pipeline import download_reasons
 from pipeline import netguard_urllib as netguard
 from pipeline.config import field
-from pipeline.download import OVERLAP_FILE, QUIET_ENV, SIZES_FILE
+from pipeline.download import OVERLAP_FILE, SIZES_FILE
 from pipeline.download_config import SHARD_COLUMNS, SHARD_OPTIONS, raise_first_failed, same_option, shard_checks
 from pipeline.download_plan import PLAN_DIR, URLS_FILE, open_plan, save_plan_record
 from pipeline.download_shard import SHARD_DIGITS, done_shards, shard_name
 from pipeline.errors import WitError
-from pipeline.raysession import ray_session
+from pipeline.raysession import QUIET_ENV, ray_session, set_quiet_env
 from pipeline.io import clean_tmp, write_json, write_parquet
 from pipeline.stats import StageStats
 
@@ -477,8 +477,7 @@ def run_img2dataset_download(input_dir: str | os.PathLike, shards_dir: str | os.
     start = time.time()
     cfg = cfg or Img2datasetConfig()
     cfg.validate()
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    set_quiet_env()
     shards_dir = Path(shards_dir)
     overlap_dir = Path(overlap_dir) if overlap_dir is not None else shards_dir.parent / "overlap"
     indexes = {name: load_hash_index(path) for name, path in (eval_indexes or {}).items()}

@@ -7,6 +7,24 @@ import logging
 import os
 from typing import Any, Iterator, Mapping
 
+#: No network but package registries: telemetry and update checks off, in this process (before anything
+#: imports those libraries) and in Ray workers.
+QUIET_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "WANDB_MODE": "disabled",
+    "WANDB_SILENT": "true",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def set_quiet_env() -> None:
+    """:data:`QUIET_ENV` as defaults of this process's environment (values already set win)."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
 
 @contextlib.contextmanager
 def ray_session(address: str | None, num_cpus: int = 0, env_vars: Mapping[str, str] | None = None
