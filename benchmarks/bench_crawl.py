@@ -10,7 +10,7 @@ and 404s. The WAT holds, per page, the request, response and metadata JSON recor
 (Envelope, WARC-Header-Metadata, HTTP-Response-Metadata, HTML-Metadata with Head and ~150 Links).
 
 Compared, on one pinned core, each run timed by CPU time and wall clock (best of ``--repeat``):
-- ``crawl``: ``pipeline.crawl.crawl_file`` (the stage, parquet part written);
+- ``crawl``: ``pipeline.crawl.stage.crawl_file`` (the stage, parquet part written);
 - ``warcio_selectolax``: the same extraction and output fed by warcio's ArchiveIterator (the previous crawl);
 - ``baseline``: warcio ArchiveIterator + ``json.loads`` + ``html.parser.HTMLParser`` + ``urljoin``,
   the same rows written with one ``pyarrow.parquet.write_table``.
@@ -45,8 +45,8 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import pipeline.crawl as crawl  # noqa: E402
-from pipeline.io import write_json  # noqa: E402
+import pipeline.crawl.stage as crawl  # noqa: E402
+from pipeline.core.io import write_json  # noqa: E402
 from benchinfo import machine_info  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "crawl.json"

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from dedup.match import MAX_DCT_DISTANCE, MAX_DISTANCE, MatchConfig, QueryHashes, RobustIndex  # noqa: E402
 from dedup.phash import VARIANTS, eval_variants, hash_columns  # noqa: E402
-from pipeline.io import write_json  # noqa: E402
+from pipeline.core.io import write_json  # noqa: E402
 from benchinfo import machine_info  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "dedup.json"

@@ -50,7 +50,7 @@ N_EVAL, N_PLANTED = 1000, 40
 
 OURS_SCRIPT = """
 import json, sys
-from pipeline.download import DownloadConfig, run_download
+from pipeline.download.stage import DownloadConfig, run_download
 cfg = DownloadConfig(processes_count={cores}, number_sample_per_shard={shard}, thread_count={threads}, image_size=256,
                      resize_mode="keep_ratio", encode_quality=95, allowed_networks=("127.0.0.1/32",),
                      fast_decode={fast}, keep_columns=())
@@ -290,8 +290,8 @@ def ceiling(names: list[str], n: int = 400) -> dict[str, Any]:
     import cv2
     import numpy as np
 
-    from pipeline.download_config import DownloadConfig
-    from pipeline.download_image import ImageProcessor
+    from pipeline.download.config import DownloadConfig
+    from pipeline.download.image import ImageProcessor
 
     cv2.setNumThreads(1)
     blobs = [(WORK / "web" / name).read_bytes() for name in names[:n]]

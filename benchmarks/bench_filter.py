@@ -46,7 +46,7 @@ import pyarrow.parquet as pq  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.io import write_json  # noqa: E402
+from pipeline.core.io import write_json  # noqa: E402
 from benchinfo import machine_info  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -173,7 +173,7 @@ def machine() -> dict[str, Any]:
 
 def child(args: argparse.Namespace) -> None:
     """Filter ``args.input`` into a temporary folder; print the figures as JSON (peak RSS of this process)."""
-    from pipeline.filter import FilterConfig, run_filter
+    from pipeline.filter.stage import FilterConfig, run_filter
 
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
     out = Path(tempfile.mkdtemp(prefix="bench-filter-out-"))
@@ -191,7 +191,7 @@ def child(args: argparse.Namespace) -> None:
 
 def profile_child(args: argparse.Namespace, top: int = 14) -> None:
     """Print the top functions by own CPU time of ``run_filter`` on ``args.input`` (one JSON list)."""
-    from pipeline.filter import FilterConfig, run_filter
+    from pipeline.filter.stage import FilterConfig, run_filter
 
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
     prof = cProfile.Profile(time.process_time)
@@ -213,7 +213,7 @@ def run_child(folder: Path, label: str, flag: str = "--child") -> Any:
 
 def lid_only(n: int = 200_000) -> dict[str, Any]:
     """fastText lid.176 alone on captions of the mix, one list, one core: the cost the language rule pays."""
-    from pipeline.caption_rules import default_lid_model, load_lid_model, predict_languages
+    from pipeline.filter.rules import default_lid_model, load_lid_model, predict_languages
 
     texts = [c for _, c in captions(n, seed=7)]
     model = load_lid_model(str(default_lid_model()))
@@ -244,7 +244,7 @@ def main() -> None:
         return child(args) if args.child else profile_child(args)
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
     write_json(RESULTS / "caption_quality.json", caption_quality_report())
-    result: dict[str, Any] = {"benchmark": "filter stage (pipeline.filter.run_filter), all rules, one core",
+    result: dict[str, Any] = {"benchmark": "filter stage (pipeline.filter.stage.run_filter), all rules, one core",
                               "machine": machine(), "mix": MIX, "target_captions_per_s": 100_000}
     with tempfile.TemporaryDirectory(prefix="bench-filter-") as tmp:
         runs = []

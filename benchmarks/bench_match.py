@@ -37,9 +37,9 @@ import pyarrow.parquet as pq  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.balance import BalanceConfig, run_balance  # noqa: E402
-from pipeline.io import write_json  # noqa: E402
-from pipeline.queries import QueryMatcher, save_queries, wordfreq_unigrams  # noqa: E402
+from pipeline.balance.stage import BalanceConfig, run_balance  # noqa: E402
+from pipeline.core.io import write_json  # noqa: E402
+from pipeline.balance.queries import QueryMatcher, save_queries, wordfreq_unigrams  # noqa: E402
 from benchinfo import machine_info  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "match.json"
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rss_after = rss_mib()
     offsets, _ = matcher.match_batch(captions)
     results: dict[str, Any] = {
-        "benchmark": "query matching (pipeline.queries.QueryMatcher)", "machine": machine(), "one_core": True,
+        "benchmark": "query matching (pipeline.balance.queries.QueryMatcher)", "machine": machine(), "one_core": True,
         "queries": len(queries), "unigrams": sum(" " not in q for q in queries),
         "captions": len(captions), "mean_caption_chars": round(sum(map(len, captions)) / len(captions), 1),
         "mean_matches_per_caption": round(int(offsets[-1]) / len(captions), 2),

@@ -41,7 +41,7 @@ from dedup.match import MAX_DISTANCE  # noqa: E402
 from dedup.mih import MultiIndexHash  # noqa: E402
 from dedup.phash import VARIANTS  # noqa: E402
 from dedup.search import HashIndex  # noqa: E402
-from pipeline.io import write_json  # noqa: E402
+from pipeline.core.io import write_json  # noqa: E402
 from benchinfo import machine_info  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "search.json"

@@ -1,4 +1,4 @@
-"""Benchmark: zero-shot evaluation (training.zeroshot) on this machine's CPU, or its GPU with --device cuda.
+"""Benchmark: zero-shot evaluation (training.eval.zeroshot) on this machine's CPU, or its GPU with --device cuda.
 
 For each model (wit-tiny and ViT-B-32, randomly initialised: nothing is downloaded), reported:
 - the time to build the zero-shot classifier from CLIP's 80 ImageNet prompt templates for ``--classes``
@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline.io import write_json  # noqa: E402
-from training import zeroshot as Z  # noqa: E402
+from pipeline.core.io import write_json  # noqa: E402
+from training.eval import zeroshot as Z  # noqa: E402
 from benchinfo import machine_info  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "zeroshot.json"
@@ -116,7 +116,7 @@ def main() -> None:
             print(results[-1], flush=True)
     on_gpu = args.device.startswith("cuda")
     write_json(args.out, {
-        "benchmark": "zero-shot evaluation (training.zeroshot): classifier build and images/s",
+        "benchmark": "zero-shot evaluation (training.eval.zeroshot): classifier build and images/s",
         "machine": info, "device": args.device, "results": results,
         "gpu": "measured here" if on_gpu else {
             "status": "open", "reason": "no GPU on this machine; run `benchmarks/bench_zeroshot.py --device cuda "

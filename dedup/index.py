@@ -38,10 +38,10 @@ from dedup import sources
 from dedup.match import MAX_DISTANCE, RobustIndex, dct_words
 from dedup.phash import DCT_BYTES, VARIANTS, eval_variants
 from dedup.search import HashIndex
-from pipeline.config import field
-from pipeline.errors import WitError
-from pipeline.io import atomic_dir
-from pipeline.stats import StageStats
+from pipeline.core.config import field
+from pipeline.core.errors import WitError
+from pipeline.core.io import atomic_dir
+from pipeline.core.stats import StageStats
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ import pyarrow.compute as pc
 
 from dedup.mih import MultiIndexHash, as_uint64
 from dedup.phash import DCT_BYTES, DCT_FLIP_MASK, HASH_SCHEMA
-from pipeline.config import field
-from pipeline.errors import WitError
+from pipeline.core.config import field
+from pipeline.core.errors import WitError
 
 MAX_DISTANCE = 8
 MAX_DCT_DISTANCE = 64

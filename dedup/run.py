@@ -40,10 +40,10 @@ from dedup import sources
 from dedup.index import INDEX_FILE, EvalIndexConfig, build_eval_index, load_robust_index
 from dedup.match import MATCH_SCHEMA, MatchConfig, RobustIndex, match_table
 from dedup.phash import HASH_SCHEMA, bytes_hash_columns
-from pipeline.config import field
-from pipeline.errors import WitError
-from pipeline.io import atomic_path, clean_tmp, read_json, write_json, write_parquet
-from pipeline.stats import StageStats
+from pipeline.core.config import field
+from pipeline.core.errors import WitError
+from pipeline.core.io import atomic_path, clean_tmp, read_json, write_json, write_parquet
+from pipeline.core.stats import StageStats
 
 log = logging.getLogger(__name__)
 

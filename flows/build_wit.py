@@ -13,10 +13,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows import stages
+import flows.stages as stages
 from flows.config import BuildConfig, build_config
 from flows.train_flow import train_wit
-from pipeline.errors import WitError
+from pipeline.core.errors import WitError
 from pipeline.report import funnel_lines, overlap_lines
 
 

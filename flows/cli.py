@@ -12,9 +12,23 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.config import add_config_args, config_from_args
-from pipeline.errors import WitError
-from pipeline.raysession import set_quiet_env
+from pipeline.core.config import add_config_args, config_from_args
+from pipeline.core.errors import WitError
+from pipeline.core.executor import set_quiet_env
+from dedup.index import EvalIndexConfig, build_eval_index
+from dedup.run import DedupConfig, run_dedup
+from flows.build_wit import build_wit
+from flows.config import build_config
+from flows.demo import run_demo
+from pipeline.balance.queries import build_queries, load_queries
+from pipeline.balance.stage import BalanceConfig, run_balance
+from pipeline.crawl.stage import CrawlConfig, run_crawl
+from pipeline.download.stage import DownloadConfig, run_download
+from pipeline.filter.stage import FilterConfig, run_filter
+from pipeline.miniweb.generate import generate_miniweb, serve_forever
+from pipeline.report import build_report, funnel_lines, overlap_lines, write_report
+from training.eval.overlap import run_overlap
+from training.train import TrainConfig, latest_checkpoint, run_train
 
 
 
@@ -36,27 +50,19 @@ def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
 # ---- stage subcommands -------------------------------------------------------------------------
 
 def cmd_crawl(args: argparse.Namespace) -> None:
-    from pipeline.crawl import CrawlConfig, run_crawl
-
     stats = run_crawl(args.inputs, args.out, config_from_args(CrawlConfig, args))
     _print_json(stats.to_dict())
 
 
 def cmd_filter(args: argparse.Namespace) -> None:
-    from pipeline.filter import FilterConfig, run_filter
-
     _print_json(run_filter(args.input, args.out, config_from_args(FilterConfig, args)).to_dict())
 
 
 def cmd_balance(args: argparse.Namespace) -> None:
-    from pipeline.balance import BalanceConfig, run_balance
-
     _print_json(run_balance(args.input, args.out, config_from_args(BalanceConfig, args)).to_dict())
 
 
 def cmd_queries(args: argparse.Namespace) -> None:
-    from pipeline.queries import build_queries, load_queries
-
     corpus = None
     if args.corpus:
         import pyarrow.dataset as ds
@@ -67,21 +73,15 @@ def cmd_queries(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_index(args: argparse.Namespace) -> None:
-    from dedup.index import EvalIndexConfig, build_eval_index
-
     _print_json(build_eval_index(args.name, args.path, args.out, config_from_args(EvalIndexConfig, args)).to_dict())
 
 
 def cmd_dedup(args: argparse.Namespace) -> None:
-    from dedup.run import DedupConfig, run_dedup
-
     stats = run_dedup(args.shards, _pairs(args.eval, "--eval"), args.out, config_from_args(DedupConfig, args))
     _print_json(stats.to_dict())
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from pipeline.download import DownloadConfig, run_download
-
     indexes = {name: Path(p) for name, p in _pairs(args.eval_index, "--eval-index").items()}
     stats = run_download(args.input, args.shards, config_from_args(DownloadConfig, args),
                          eval_indexes=indexes, overlap_dir=args.overlap_dir)
@@ -91,15 +91,10 @@ def cmd_download(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from training.train import TrainConfig, run_train
-
     _print_json(dataclasses.asdict(run_train(args.shards, args.out, config_from_args(TrainConfig, args))))
 
 
 def cmd_overlap(args: argparse.Namespace) -> None:
-    from training.overlap import run_overlap
-    from training.train import latest_checkpoint
-
     checkpoint, model = args.checkpoint, args.model
     if checkpoint is None:
         checkpoint, model = latest_checkpoint(args.train_dir)
@@ -108,8 +103,6 @@ def cmd_overlap(args: argparse.Namespace) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
-    from pipeline.report import funnel_lines, overlap_lines, write_report
-
     report = write_report(args.build_dir)
     print("\n".join(funnel_lines(report) + overlap_lines(report)))
 
@@ -117,9 +110,6 @@ def cmd_stats(args: argparse.Namespace) -> None:
 # ---- whole builds ------------------------------------------------------------------------------
 
 def cmd_build(args: argparse.Namespace) -> None:
-    from flows.build_wit import build_wit
-    from flows.config import build_config
-
     overrides: dict[str, Any] = {}
     if args.build_dir:
         overrides["build_dir"] = args.build_dir
@@ -131,23 +121,17 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def _print_summary(build_dir: str) -> None:
-    from pipeline.report import build_report, funnel_lines, overlap_lines
-
     report = build_report(build_dir)
     print("\n".join(["", "Funnel:", *funnel_lines(report), "", *overlap_lines(report), "",
                      f"Reports: {Path(build_dir) / 'reports'} (stats.json, stats.md, dashboard.html, overlap.json)"]))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from flows.demo import run_demo
-
     run_demo(Path(args.out), n_pairs=args.pairs, port=args.port, seed=args.seed, stages=args.stages)
     _print_summary(str(Path(args.out)))
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from flows.build_wit import build_wit
-
     params = {"config_path": str(Path(args.config).resolve())} if args.config else {}
     print(f"serving deployment build-wit/{args.name}; start runs with: "
           f"prefect deployment run build-wit/{args.name}", flush=True)
@@ -155,15 +139,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_miniweb_generate(args: argparse.Namespace) -> None:
-    from pipeline.miniweb import generate_miniweb
-
     web = generate_miniweb(args.root, args.base_url, n_pairs=args.pairs, seed=args.seed)
     print(f"mini-web written to {args.root} ({web})")
 
 
 def cmd_miniweb_serve(args: argparse.Namespace) -> None:
-    from pipeline.miniweb import serve_forever
-
     serve_forever(args.root, host=args.host, port=args.port)
 
 
@@ -178,14 +158,6 @@ def _sub(subs: Any, name: str, func: Callable, help: str, config: type | None = 
 
 
 def _stage_parsers(subs: Any) -> None:
-    from dedup.index import EvalIndexConfig
-    from dedup.run import DedupConfig
-    from pipeline.balance import BalanceConfig
-    from pipeline.crawl import CrawlConfig
-    from pipeline.download import DownloadConfig
-    from pipeline.filter import FilterConfig
-    from training.train import TrainConfig
-
     p = _sub(subs, "crawl", cmd_crawl, "Extract <img> alt-text candidates from WARC/WAT archives.", CrawlConfig)
     p.add_argument("inputs", nargs="+", help="WARC/WAT files (gzipped or plain) or globs")
     p.add_argument("--out", default="candidates", help="output folder of candidate parquet parts")

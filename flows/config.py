@@ -9,12 +9,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import config_from_dict, field, load_config_file
-from pipeline.balance import BalanceConfig
-from pipeline.crawl import CrawlConfig
-from pipeline.download import DownloadConfig
-from pipeline.errors import WitError
-from pipeline.filter import FilterConfig
+from pipeline.core.config import config_from_dict, field, load_config_file
+from pipeline.balance.stage import BalanceConfig
+from pipeline.crawl.stage import CrawlConfig
+from pipeline.download.stage import DownloadConfig
+from pipeline.core.errors import WitError
+from pipeline.filter.stage import FilterConfig
 from training.train import TrainConfig
 
 STAGES = ("crawl", "filter", "balance", "eval_index", "download", "train", "overlap", "report")

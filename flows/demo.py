@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from flows.build_wit import build_wit
+from pipeline.miniweb.generate import generate_miniweb, serve_miniweb
 
 DEMO_DOWNLOAD = {
     "allow_private_networks": True,  # the mini-web is on 127.0.0.1
@@ -31,9 +33,6 @@ def demo_config(out: Path, archives: list[Path], eval_dir: Path, stages: list[st
 def run_demo(out: Path, n_pairs: int = 1000, port: int = 8765, seed: int = 0,
              stages: list[str] | None = None) -> dict[str, Any]:
     """Serve and generate the mini-web under ``out/web``, then build it into ``out``."""
-    from flows.build_wit import build_wit
-    from pipeline.miniweb import generate_miniweb, serve_miniweb
-
     web_root = out / "web"
     with serve_miniweb(web_root, port=port) as server:
         generate_miniweb(web_root, server.base_url, n_pairs=n_pairs, seed=seed)

@@ -8,30 +8,30 @@ from pathlib import Path
 from typing import Any
 
 from flows.config import BuildConfig
-from pipeline.errors import WitError
+from pipeline.core.errors import WitError
+from dedup.index import build_eval_index
+from pipeline.balance.stage import run_balance
+from pipeline.crawl.stage import run_crawl
+from pipeline.download.stage import run_download
+from pipeline.filter.stage import run_filter
+from pipeline.report import write_report
+from training.eval.overlap import run_overlap
+from training.train import latest_checkpoint, run_train
 
 
 def crawl(cfg: BuildConfig) -> dict[str, Any]:
-    from pipeline.crawl import run_crawl
-
     return run_crawl(list(cfg.inputs), cfg.path("candidates"), cfg.crawl).to_dict()
 
 
 def filter_pairs(cfg: BuildConfig) -> dict[str, Any]:
-    from pipeline.filter import run_filter
-
     return run_filter(cfg.path("candidates"), cfg.path("pairs"), cfg.filter).to_dict()
 
 
 def balance(cfg: BuildConfig) -> dict[str, Any]:
-    from pipeline.balance import run_balance
-
     return run_balance(cfg.path("pairs") / "kept", cfg.path("balanced"), cfg.balance).to_dict()
 
 
 def eval_index(cfg: BuildConfig) -> dict[str, Any]:
-    from dedup.index import build_eval_index
-
     return {name: build_eval_index(name, folder, cfg.path("eval")).to_dict()
             for name, folder in cfg.eval_sets.items()}
 
@@ -45,8 +45,6 @@ def _eval_indexes(cfg: BuildConfig) -> dict[str, Path]:
 
 
 def download(cfg: BuildConfig) -> dict[str, Any]:
-    from pipeline.download import run_download
-
     stats = run_download(cfg.download_input(), cfg.path("shards"), cfg.download,
                          eval_indexes=_eval_indexes(cfg), overlap_dir=cfg.path("overlap"))
     return stats.to_dict()
@@ -54,17 +52,12 @@ def download(cfg: BuildConfig) -> dict[str, Any]:
 
 def train(cfg: BuildConfig) -> dict[str, Any]:
     """Train on the build's shards: here, under torchrun, or as a Ray job when ``train.ray_address`` is set."""
-    from training.train import run_train
-
     return run_train(cfg.path("shards"), cfg.path("train"), cfg.train).to_dict()
 
 
 def overlap(cfg: BuildConfig, checkpoint: str | None = None, model: str | None = None) -> dict[str, Any]:
     """Zero-shot accuracy on Overlap / Clean / All of each eval set; writes reports/overlap.{json,md,png}."""
     import dataclasses
-
-    from training.overlap import run_overlap
-    from training.train import latest_checkpoint
 
     if checkpoint is None:
         checkpoint, model = latest_checkpoint(cfg.path("train"))
@@ -73,6 +66,4 @@ def overlap(cfg: BuildConfig, checkpoint: str | None = None, model: str | None =
 
 
 def report(cfg: BuildConfig) -> dict[str, Any]:
-    from pipeline.report import write_report
-
     return write_report(cfg.build_dir)

@@ -25,9 +25,9 @@ from prefect.artifacts import (create_image_artifact, create_link_artifact, crea
                                create_table_artifact)
 from prefect.cache_policies import NO_CACHE
 
-from flows import stages
+import flows.stages as stages
 from flows.config import BuildConfig, build_config
-from pipeline.errors import WitError
+from pipeline.core.errors import WitError
 
 ARTIFACT_PREFIX = "train-wit"
 

@@ -1,4 +1,4 @@
-"""wit-builder stage library: crawl, filter, download and their shared helpers.
+"""wit-builder stage library: ``core`` (ground floor) and one subpackage per stage.
 
 Plain library code: nothing here imports Prefect (flows/ orchestrates these functions).
 """

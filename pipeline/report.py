@@ -13,8 +13,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.io import atomic_path, read_json, write_json
-from pipeline.stats import STATS_FILE, StageStats
+from pipeline.core.io import atomic_path, read_json, write_json
+from pipeline.core.stats import STATS_FILE, StageStats
 
 STAGE_DIRS = {"crawl": "candidates", "filter": "pairs", "balance": "balanced", "download": "shards"}
 

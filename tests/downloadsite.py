@@ -24,9 +24,9 @@ from faultserver import smooth_image as _smooth_image
 from PIL import Image, ImageOps
 
 from dedup.index import build_eval_index
-from pipeline.errors import WitError
-from pipeline.io import read_json
-from pipeline.stats import StageStats
+from pipeline.core.errors import WitError
+from pipeline.core.io import read_json
+from pipeline.core.stats import StageStats
 
 N_INPUTS = 14  # 13 http rows + 1 file:// row
 # the near-duplicates the site serves: (eval id, served file)

@@ -2,12 +2,11 @@
 job (``wit train`` itself started by torchrun or ``srun``), or a Ray job on a cluster's GPU node.
 
 The command lines are built by pure functions (unit-tested without GPUs); :func:`run_train_on_ray` submits
-``python -m training.launch SHARDS OUT --config-json CFG`` (what ``wit train`` runs) with Ray's
+``python -m training.ray_job SHARDS OUT --config-json CFG`` (what ``wit train`` runs) with Ray's
 ``JobSubmissionClient``, streams the job's log, waits and returns the :class:`TrainResult` the job printed.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shlex
@@ -16,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from pipeline.config import config_from_dict, to_dict
-from pipeline.errors import WitError
+from pipeline.core.config import to_dict
+from pipeline.core.errors import WitError
 from training.open_clip_main import OFFLINE_ENV
 from training.shards import is_url
-from training.train import REPO_ROOT, TrainConfig, TrainResult, TrainRunFailed, _echo, run_train, validate
+from training.config import REPO_ROOT, TrainConfig, TrainResult, TrainRunFailed, echo_line, validate
 
 RESULT_MARKER = "WIT_TRAIN_RESULT "
 EXIT_BAD_INPUT, EXIT_TRANSIENT = 2, 75  # the job's exit codes: a WitError, a killed trainer (EX_TEMPFAIL)
@@ -126,10 +125,10 @@ def ray_job_gpus(cfg: TrainConfig) -> float:
 
 
 def job_entrypoint(shards_dir: str | Path | None, out_dir: str | Path, cfg: TrainConfig, python: str) -> str:
-    """The job's shell command: ``wit train`` (as ``python -m training.launch``) with the config as JSON,
+    """The job's shell command: ``wit train`` (as ``python -m training.ray_job``) with the config as JSON,
     running on the node it lands on (``ray_address`` cleared)."""
     local = dataclasses.replace(cfg, ray_address="")
-    return shlex.join([python, "-m", "training.launch", _job_path(shards_dir) or "-", _job_path(out_dir),
+    return shlex.join([python, "-m", "training.ray_job", _job_path(shards_dir) or "-", _job_path(out_dir),
                        "--config-json", json.dumps(to_dict(local), sort_keys=True)])
 
 
@@ -198,7 +197,7 @@ def submit_job(client: Any, job: dict[str, Any], address: str, agent_wait_s: flo
 
 
 def run_train_on_ray(shards_dir: str | Path | None, out_dir: str | Path, cfg: TrainConfig,
-                     echo: Callable[[str], None] = _echo, poll_s: float = 1.0) -> TrainResult:
+                     echo: Callable[[str], None] = echo_line, poll_s: float = 1.0) -> TrainResult:
     """Submit training as a Ray job (``ray job submit`` equivalent), wait for it and return its result."""
     validate(cfg)
     if cfg.nnodes > 1:
@@ -221,27 +220,3 @@ def run_train_on_ray(shards_dir: str | Path | None, out_dir: str | Path, cfg: Tr
     if result.checkpoint and Path(_job_path(out_dir)).is_dir() and not local.is_file():
         raise WitError(f"{local}: the Ray job reported it but it is not in {out_dir} (is the folder shared?)")
     return dataclasses.replace(result, ray_job_id=job_id)
-
-
-# ---------------------------------------------------------------- the job's entry point
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m training.launch SHARDS OUT --config-json JSON``: ``wit train`` with the config as JSON;
-    prints the result as the last line (``WIT_TRAIN_RESULT {...}``)."""
-    parser = argparse.ArgumentParser(prog="python -m training.launch", description=main.__doc__)
-    parser.add_argument("shards", help="shards folder or URL ('-': only the shard_urls option)")
-    parser.add_argument("out", help="training output folder")
-    parser.add_argument("--config-json", default="{}", help="TrainConfig as a JSON object")
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_from_dict(TrainConfig, json.loads(args.config_json))
-        result = run_train(None if args.shards == "-" else args.shards, args.out, cfg)
-    except WitError as exc:
-        print(f"wit train: error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_TRANSIENT if getattr(exc, "transient", False) else EXIT_BAD_INPUT
-    print(RESULT_MARKER + json.dumps(result.to_dict(), sort_keys=True), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

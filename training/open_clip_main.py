@@ -20,6 +20,18 @@ MODEL_CONFIG_DIRS_ENV = "WIT_MODEL_CONFIG_DIRS"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled"}
 
 
+def model_name_from_run(checkpoint: str | Path) -> str | None:
+    """The ``model`` recorded in open_clip's ``params.txt`` beside ``<run>/checkpoints/<ckpt>.pt``."""
+    params = Path(checkpoint).resolve().parent.parent / "params.txt"
+    if not params.is_file():
+        return None
+    for line in params.read_text().splitlines():
+        key, _, value = line.partition(": ")
+        if key == "model":
+            return value.strip()
+    return None
+
+
 def register_model_configs(*extra: str | Path) -> None:
     """Make ``wit-tiny``, the configs of ``$WIT_MODEL_CONFIG_DIRS`` and ``extra`` folders known to open_clip
     (idempotent)."""

@@ -10,12 +10,9 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from pipeline.errors import WitError
-
-if TYPE_CHECKING:
-    from training.train import TrainConfig
+from pipeline.core.errors import WitError
+from training.config import TrainConfig
 
 SIZES_FILE = "sizes.json"
 _WDS_SCHEMES = ("pipe:", "http://", "https://")
@@ -108,7 +105,7 @@ def _read_url_sizes(url: str) -> tuple[list[str], int]:
     return parse_sizes(text, path)
 
 
-def resolve_shards(shards_dir: str | Path | None, cfg: "TrainConfig", python: str = sys.executable) -> ShardSet:
+def resolve_shards(shards_dir: str | Path | None, cfg: TrainConfig, python: str = sys.executable) -> ShardSet:
     """The shards to train on: ``cfg.shard_urls`` when given, else every shard of ``shards_dir``'s sizes.json
     (a local folder or an fsspec URL); ``cfg.train_num_samples`` overrides the sample count."""
     shards_dir = None if str(shards_dir or "") in ("", "-") else shards_dir

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 def build(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from flows.build_wit import build_wit
     from flows.demo import demo_config
-    from pipeline.miniweb import generate_miniweb, serve_miniweb
+    from pipeline.miniweb.generate import generate_miniweb, serve_miniweb
 
     out = tmp_path_factory.mktemp("demo")
     web_root = out / "web"

@@ -12,8 +12,8 @@ from typing import Iterator
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.crawl import CrawlConfig, run_crawl
-from pipeline.errors import WitError
+from pipeline.crawl.stage import CrawlConfig, run_crawl
+from pipeline.core.errors import WitError
 
 pytestmark = pytest.mark.integration
 BUCKET = "commoncrawl-test"

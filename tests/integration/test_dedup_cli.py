@@ -15,9 +15,9 @@ from dedup import run as dedup_run
 from dedup.index import build_eval_index, load_eval_index
 from dedup.phash import HASH_SCHEMA, hash_columns
 from dedup.run import DedupConfig, run_dedup
-from pipeline.errors import WitError
-from pipeline.io import read_json
-from pipeline.stats import StageStats
+from pipeline.core.errors import WitError
+from pipeline.core.io import read_json
+from pipeline.core.stats import StageStats
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -18,11 +18,11 @@ from PIL import Image
 
 from dedup.index import build_eval_index
 from dedup.phash import bytes_hashes
-from pipeline import netguard
-from pipeline.download import DownloadConfig, error_reason, run_download
-from pipeline.errors import WitError
-from pipeline.io import read_json
-from pipeline.stats import StageStats
+from pipeline.download import netguard
+from pipeline.download.stage import DownloadConfig, error_reason, run_download
+from pipeline.core.errors import WitError
+from pipeline.core.io import read_json
+from pipeline.core.stats import StageStats
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -141,7 +141,7 @@ def test_phash_of_the_original_image(downloaded: tuple[Site, StageStats]) -> Non
 
 @pytest.mark.parametrize("mode", ["border", "center_crop"])
 def test_phash_is_taken_before_letterbox_or_crop(mode: str) -> None:
-    from pipeline.download_image import ImageProcessor
+    from pipeline.download.image import ImageProcessor
 
     data = jpeg(smooth_image(11, (600, 200)))
     got = ImageProcessor(DownloadConfig(resize_mode=mode))(data)
@@ -195,7 +195,7 @@ def _test_images() -> dict[str, bytes]:
 def test_resize_matches_img2dataset_pixel_for_pixel(mode: str) -> None:
     import cv2
 
-    from pipeline.download_image import ImageProcessor
+    from pipeline.download.image import ImageProcessor
 
     reference = _img2dataset_resizer_module().Resizer(image_size=256, resize_mode=mode, resize_only_if_bigger=False)
     ours = ImageProcessor(DownloadConfig(resize_mode=mode, fast_decode=False))
@@ -212,7 +212,7 @@ def test_resize_matches_img2dataset_pixel_for_pixel(mode: str) -> None:
 def test_fast_decode_same_size_nearly_same_pixels() -> None:
     import cv2
 
-    from pipeline.download_image import ImageProcessor
+    from pipeline.download.image import ImageProcessor
 
     data = jpeg(smooth_image(5, (1200, 900)))
     full, fast = (ImageProcessor(DownloadConfig(fast_decode=f))(data) for f in (False, True))
@@ -257,7 +257,7 @@ def test_new_eval_index_is_matched_from_stored_hashes(downloaded: tuple[Site, St
 def test_cli_options() -> None:
     import argparse
 
-    from pipeline.config import add_config_args, config_from_args
+    from pipeline.core.config import add_config_args, config_from_args
 
     parser = argparse.ArgumentParser()
     add_config_args(parser, DownloadConfig)

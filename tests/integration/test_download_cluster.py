@@ -15,8 +15,8 @@ import pytest
 from faultserver import FaultServer, jpeg_bytes, smooth_image
 from test_download_faults import assert_consistent, config, slow_urls, write_input
 
-from pipeline.download import run_download
-from pipeline.io import read_json
+from pipeline.download.stage import run_download
+from pipeline.core.io import read_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

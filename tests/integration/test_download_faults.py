@@ -19,10 +19,10 @@ import pytest
 from downloadsite import local_ray  # noqa: F401  (fixture: this module's local Ray)
 from faultserver import FaultServer, corrupt_jpeg, jpeg_bytes, png_header_bomb, smooth_image
 
-from pipeline.download import DownloadConfig, run_download
-from pipeline.download_shard import WORK_DIR
-from pipeline.io import read_json
-from pipeline.stats import StageStats
+from pipeline.download.stage import DownloadConfig, run_download
+from pipeline.download.shard import WORK_DIR
+from pipeline.core.io import read_json
+from pipeline.core.stats import StageStats
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 REPO = Path(__file__).resolve().parents[2]
@@ -204,7 +204,7 @@ def test_killed_worker_shard_is_retried(server: FaultServer, tmp_path: Path) -> 
 
 RUN_SCRIPT = """
 import sys
-from pipeline.download import DownloadConfig, run_download
+from pipeline.download.stage import DownloadConfig, run_download
 cfg = DownloadConfig(number_sample_per_shard=6, processes_count=2, thread_count=2, max_per_host=2, image_size=64,
                      allowed_networks=("127.0.0.1/32",))
 run_download(sys.argv[1], sys.argv[2], cfg, None, sys.argv[3])

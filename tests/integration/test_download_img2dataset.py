@@ -14,12 +14,12 @@ from downloadsite import (N_INPUTS, SCREEN_REASONS, SCREEN_URLS, SMALL_RUN, Site
                           rerun_changes_nothing)
 from downloadsite import site  # noqa: F401  (fixture: this module's site; the engine starts its own Ray)
 
-from pipeline import netguard_urllib as netguard
-from pipeline.download_img2dataset import Img2datasetConfig as DownloadConfig, error_reason
-from pipeline.download_img2dataset import run_img2dataset_download as run_download
-from pipeline.errors import WitError
-from pipeline.io import read_json
-from pipeline.stats import StageStats
+from pipeline.download import netguard_urllib as netguard
+from pipeline.download.img2dataset_engine import Img2datasetConfig as DownloadConfig, error_reason
+from pipeline.download.img2dataset_engine import run_img2dataset_download as run_download
+from pipeline.core.errors import WitError
+from pipeline.core.io import read_json
+from pipeline.core.stats import StageStats
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -146,8 +146,8 @@ def test_guard_in_ray_workers_blocks_what_screening_missed(site: Site, tmp_path:
 
 def test_engine_option_runs_img2dataset_through_run_download(site: Site, tmp_path: Path) -> None:
     """`wit download --engine img2dataset` goes through the public entry point with the shared options."""
-    from pipeline.download import run_download as public_run_download
-    from pipeline.download_config import DownloadConfig as PublicConfig
+    from pipeline.download.stage import run_download as public_run_download
+    from pipeline.download.config import DownloadConfig as PublicConfig
 
     cfg = PublicConfig(engine="img2dataset", allow_private_networks=True, number_sample_per_shard=5,
                        processes_count=2, thread_count=8, timeout=5)

@@ -61,7 +61,7 @@ def prefect_server(tmp_path: Path):
 
 def test_deployment_run_builds(prefect_server: dict, tmp_path: Path) -> None:
     from flows.demo import demo_config
-    from pipeline.miniweb import generate_miniweb, serve_miniweb
+    from pipeline.miniweb.generate import generate_miniweb, serve_miniweb
 
     build_dir = tmp_path / "build"
     with serve_miniweb(tmp_path / "web", port=0) as server:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.errors import WitError
+from pipeline.core.errors import WitError
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -120,7 +120,7 @@ def test_train_wit_flow_runs_training_as_ray_job(ray_dashboard: str, tmp_path: P
     assert Path(trained["checkpoint"]) == build / "train" / "wit" / "checkpoints" / "epoch_2.pt"
     assert Path(trained["checkpoint"]).is_file() and len(T.read_results(build / "train")) == 1
     info = JobSubmissionClient(ray_dashboard).get_job_info(trained["ray_job_id"])
-    assert str(info.status.value) == "SUCCEEDED" and "training.launch" in info.entrypoint
+    assert str(info.status.value) == "SUCCEEDED" and "training.ray_job" in info.entrypoint
 
     report = json.loads((build / "reports" / "overlap.json").read_text())["colours"]
     assert (report["n_all"], report["n_overlap"], report["n_clean"]) == (12, 2, 10)

@@ -11,13 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.balance import (BalanceConfig, REJECTED_DIR, keep_probabilities, run_balance, uid_uniform)
-from pipeline.errors import WitError
-from pipeline.extract import make_uid
-from pipeline.io import parquet_files
-from pipeline.queries import (STOPWORDS, QueryMatcher, build_queries, load_queries, normalise, normalise_many,
+from pipeline.balance.stage import (BalanceConfig, REJECTED_DIR, keep_probabilities, run_balance, uid_uniform)
+from pipeline.core.errors import WitError
+from pipeline.crawl.extract import make_uid
+from pipeline.core.io import parquet_files
+from pipeline.balance.queries import (STOPWORDS, QueryMatcher, build_queries, load_queries, normalise, normalise_many,
                               pmi_bigrams, save_queries)
-from pipeline.stats import StageStats
+from pipeline.core.stats import StageStats
 
 QUERIES = ["cat", "mat", "New York", "york", "new york city", "covid-19", "rock & roll", "état", "dog"]
 

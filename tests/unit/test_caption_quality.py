@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.caption_rules import Batch, FilenameRule
-from pipeline.filter import FilterConfig, build_rules
-from pipeline.stats import StageStats
+from pipeline.filter.rules import Batch, FilenameRule
+from pipeline.filter.stage import FilterConfig, build_rules
+from pipeline.core.stats import StageStats
 
 LABELLED = Path(__file__).resolve().parents[1] / "data" / "captions_labelled.jsonl"
 FLOORS = {"keep_precision": 0.95, "keep_recall": 0.9, "filename_precision": 0.95, "filename_recall": 0.95}

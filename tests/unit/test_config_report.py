@@ -12,11 +12,11 @@ import pytest
 
 from flows.cli import main
 from flows.config import BuildConfig, build_config
-from pipeline.config import add_config_args, config_from_args, config_from_dict
-from pipeline.errors import WitError
-from pipeline.filter import FilterConfig
+from pipeline.core.config import add_config_args, config_from_args, config_from_dict
+from pipeline.core.errors import WitError
+from pipeline.filter.stage import FilterConfig
 from pipeline.report import build_report, funnel_lines, write_report
-from pipeline.stats import StageStats
+from pipeline.core.stats import StageStats
 
 
 def test_nested_config_from_dict_overrides_only_given_fields(tmp_path: Path) -> None:

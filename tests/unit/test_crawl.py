@@ -18,11 +18,11 @@ import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-import pipeline.crawl as crawl_mod
-from pipeline.crawl import CrawlConfig, crawl_file, dechunk, expand_inputs, part_name, read_listing, run_crawl
-from pipeline.errors import WitError
-from pipeline.extract import best_srcset, decode_html, html_images, make_uid, resolve_url
-from pipeline.stats import StageStats
+import pipeline.crawl.stage as crawl_mod
+from pipeline.crawl.stage import CrawlConfig, crawl_file, dechunk, expand_inputs, part_name, read_listing, run_crawl
+from pipeline.core.errors import WitError
+from pipeline.crawl.extract import best_srcset, decode_html, html_images, make_uid, resolve_url
+from pipeline.core.stats import StageStats
 
 PAGE = "https://example.org/dir/page.html"
 COLUMNS = ["uid", "url", "caption", "page_url", "source", "caption_attr"]
@@ -443,7 +443,7 @@ def test_crawl_on_ray_matches_in_process(tmp_path: Path) -> None:
 def test_columnar_wat_extraction_matches_record_by_record() -> None:
     import random
 
-    from pipeline.extract import parse_wat, wat_batch, wat_images
+    from pipeline.crawl.extract import parse_wat, wat_batch, wat_images
 
     rng = random.Random(1)
     srcs = ["a.jpg", "/x/b.png", "//cdn.t/c.gif", "http://o.t/d.jpg#f", "HTTPS://U.T/E.JPG", "../up.png", "?q=1",
@@ -514,7 +514,7 @@ def _weird_wat_docs() -> list[bytes]:
 def test_decoded_wat_extraction_matches_record_by_record() -> None:
     """msgspec's columnar path gives what wat_images gives, and leaves every record it cannot read plainly to it."""
     pytest.importorskip("msgspec")
-    from pipeline.extract import CorruptRecord, decode_wat, parse_wat, wat_columns, wat_images
+    from pipeline.crawl.extract import CorruptRecord, decode_wat, parse_wat, wat_columns, wat_images
 
     docs = [_wat_doc("http://p.t/a/b.html", [{"path": "IMG@/src", "url": u, "alt": a} for u in
                                              ("x.png", "/y.png", "//c.t/z.png", "../up.png", "data:x", "")
@@ -576,7 +576,7 @@ def test_columnar_urls_and_captions_match_python_rules() -> None:
     import numpy as np
     import pyarrow as pa
 
-    from pipeline.extract import normalise_caption, normalise_captions, resolve_urls
+    from pipeline.crawl.extract import normalise_caption, normalise_captions, resolve_urls
 
     rng = random.Random(7)
     pieces = ["http://", "HTTPS://", "hTTp:", "//", "/", ".", "./", "../", "a", "b.png", ":", "?", "#", " ", "\t",

@@ -18,8 +18,8 @@ from dedup.mih import MultiIndexHash, balanced_widths, best_chunks, chunk_radii,
 from dedup.phash import (DCT_FLIP_MASK, HASH_SCHEMA, VARIANTS, bytes_hash_columns, bytes_hashes, eval_variants,
                          hash_columns, image_hashes, phash, to_int64, trim_box)
 from dedup.search import DEFAULT_MAX_DISTANCE, HashIndex, hamming
-from pipeline.errors import WitError
-from pipeline.stats import StageStats
+from pipeline.core.errors import WitError
+from pipeline.core.stats import StageStats
 
 
 def smooth_image(seed: int, size: tuple[int, int] = (160, 120)) -> Image.Image:

@@ -11,16 +11,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.caption_rules as caption_rules
-from pipeline.caption_rules import (EXPOSURE_TOKEN, FILENAME_PATTERNS, Batch, ControlCharsRule, DuplicateRule,
+import pipeline.filter.rules as caption_rules
+from pipeline.filter.rules import (EXPOSURE_TOKEN, FILENAME_PATTERNS, Batch, ControlCharsRule, DuplicateRule,
                                     FilenameRule, HtmlMarkupRule, LanguageRule, MojibakeRule, TooFewWordsRule,
                                     TooLongRule, TooManyWordsRule, TooShortRule, default_lid_model, load_lid_model,
                                     word_counts)
-from pipeline.dedup_exact import RECORD, bucket_repeats, build_repeat_index
-from pipeline.errors import WitError
-from pipeline.extract import make_uid
-from pipeline.filter import FilterConfig, build_rules, run_filter
-from pipeline.stats import StageStats
+from pipeline.filter.exact_dedup import RECORD, bucket_repeats, build_repeat_index
+from pipeline.core.errors import WitError
+from pipeline.crawl.extract import make_uid
+from pipeline.filter.stage import FilterConfig, build_rules, run_filter
+from pipeline.core.stats import StageStats
 
 FILENAMES = [
     "IMG_2034.JPG", "IMG_2034", "img_2034.jpeg", "IMG 2034", "IMG_2034 (1)", "IMG_2034-edited.jpg",

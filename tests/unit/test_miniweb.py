@@ -20,8 +20,8 @@ from PIL import Image
 from selectolax.lexbor import LexborHTMLParser
 from warcio.archiveiterator import ArchiveIterator
 
-from pipeline.errors import WitError
-from pipeline.miniweb import KIND_SHARES, KINDS, generate_miniweb, kind_counts, serve_miniweb
+from pipeline.core.errors import WitError
+from pipeline.miniweb.generate import KIND_SHARES, KINDS, generate_miniweb, kind_counts, serve_miniweb
 
 BASE = "http://127.0.0.1:8765"
 FILENAME_RE = re.compile(r"^(IMG|DSC|DSCN|P\d|\d{8}_|image\d|Screenshot|photo_|[0-9a-f]{32})", re.I)
@@ -288,7 +288,7 @@ def test_serve_forever_cli_stops_on_sigterm(tmp_path: Path) -> None:
 
     (tmp_path / "web").mkdir()
     (tmp_path / "web" / "index.html").write_text("<!DOCTYPE html><html><body>hi</body></html>")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.miniweb", "serve", str(tmp_path), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.miniweb.generate", "serve", str(tmp_path), "--port", "0"],
                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
     try:
         line = proc.stdout.readline()

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from scipy.stats import beta
 
-from pipeline.errors import WitError
-from training import overlap as O
-from training import zeroshot as Z
+from pipeline.core.errors import WitError
+from training.eval import overlap as O
+from training.eval import zeroshot as Z
 
 
 def binom_tail(k: int, n: int, p: float) -> float:
@@ -109,7 +109,7 @@ def test_top5_and_per_class_by_hand() -> None:
 
 
 def test_plot_and_delta_interval_by_hand(tmp_path: Path) -> None:
-    from training import plots as P
+    from training.eval import plots as P
 
     r = O.overlap_stats({f"c/{i}.jpg": ok for i, ok in enumerate([1, 1, 1, 0, 1, 1, 1, 0, 0, 0])},
                         ["c/0.jpg", "c/1.jpg", "c/2.jpg", "c/3.jpg"])

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.config import to_dict
-from pipeline.errors import WitError
+from pipeline.core.config import to_dict
+from pipeline.core.errors import WitError
 from training import launch as L
 from training import shards as S
 from training import train as T
@@ -61,7 +61,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def start_training(shards: Path, out: Path, cfg: T.TrainConfig) -> subprocess.Popen:
     """``wit train`` (as the Ray job runs it) in its own process group, output piped."""
-    cmd = [sys.executable, "-m", "training.launch", str(shards), str(out), "--config-json", json.dumps(to_dict(cfg))]
+    cmd = [sys.executable, "-m", "training.ray_job", str(shards), str(out), "--config-json", json.dumps(to_dict(cfg))]
     return subprocess.Popen(cmd, cwd=REPO, env=T.subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
 
@@ -311,7 +311,7 @@ def test_ray_job_submission_is_wit_train(tmp_path: Path) -> None:
                         ray_python="/opt/venv/bin/python", ray_runtime_env={"env_vars": {"NCCL_DEBUG": "INFO"}})
     job = L.job_submission(tmp_path / "shards", "s3://b/train", cfg)
     argv = __import__("shlex").split(job["entrypoint"])
-    assert argv[:5] == ["/opt/venv/bin/python", "-m", "training.launch", str((tmp_path / "shards").resolve()), "s3://b/train"]
+    assert argv[:5] == ["/opt/venv/bin/python", "-m", "training.ray_job", str((tmp_path / "shards").resolve()), "s3://b/train"]
     sent = json.loads(argv[argv.index("--config-json") + 1])
     assert sent["ray_address"] == "" and sent["epochs"] == 2 and sent["extra_args"] == ["--grad-clip-norm", "1"]
     assert job["entrypoint_num_gpus"] == 1.0  # device auto: the job goes to a GPU node
@@ -338,7 +338,7 @@ def test_parse_loss_and_speed() -> None:
 
 def test_wit_train_cli_options_build_the_config() -> None:
     from flows.cli import make_parser
-    from pipeline.config import config_from_args
+    from pipeline.core.config import config_from_args
 
     args = make_parser().parse_args(["train", "shards", "out", "--preset", "clip", "--nproc-per-node", "8",
                                      "--shard-urls", "s3://b/{0..9}.tar", "--ray-address", "http://h:8265"])

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from pipeline.errors import WitError
-from training import templates as TP
-from training import zeroshot as Z
+from pipeline.core.errors import WitError
+from training.eval import templates as TP
+from training.eval import zeroshot as Z
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 

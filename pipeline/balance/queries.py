@@ -1,0 +1,307 @@
+"""Query lists for WIT-style balancing: loading, building one offline, and matching captions against them.
+
+**Loading.** :func:`load_queries` reads a MetaCLIP-style ``metadata.json`` (a JSON list of strings) or a
+plain text file (one query per line, blank lines skipped). A query's id is its position in the list.
+
+**Building offline.** :func:`build_queries` makes a list from data that ships inside the ``wordfreq``
+wheel (``wordfreq/data/large_en.msgpack.gz``; nothing is fetched at run time) plus, optionally, a text
+corpus you pass in (the balance stage passes the captions it is about to balance):
+
+* unigrams: the most frequent English words of wordfreq's ``large`` list, without stopwords, one-letter
+  words and tokens that are not purely alphabetic (wordfreq replaces digits with ``0``, so ``00th`` or
+  ``0000s`` carry no meaning);
+* bigrams: wordfreq has *unigram* frequencies only (no multi-word entries; ``word_frequency("new york")``
+  is computed from the two unigrams, so it carries no co-occurrence information and no PMI). Bigram
+  candidates are therefore counted in the given ``corpus`` (adjacent word pairs, neither a stopword, each
+  pair seen at least ``min_bigram_count`` times) and ranked by pointwise mutual information
+  ``log(c(ab) * N / (c(a) * c(b)))`` with all counts from that corpus. Without a corpus the list has
+  unigrams only.
+
+**How this differs from CLIP's list.** CLIP's ~500k queries were: every word occurring at least 100 times
+in English Wikipedia, bigrams with high PMI in Wikipedia, names of Wikipedia articles above a search-volume
+threshold, and all WordNet synsets not already in the list (MetaCLIP rebuilt it: WordNet synsets, Wiki
+unigrams with count >= 100, Wiki bigrams with PMI >= 30, Wiki titles by view frequency). Here the unigrams
+come from wordfreq's blend of Wikipedia, subtitles, news, books, web text, Twitter and Reddit (so more
+informal words and names, ranked by frequency rather than cut at a count), the bigrams from the user's
+corpus instead of Wikipedia, and there are no article titles and no WordNet synsets (neither ships in an
+installed package here). For a faithful reproduction pass MetaCLIP's released ``metadata.json``.
+
+**Matching.** :class:`QueryMatcher` finds, for each caption, every query occurring in it as whole words,
+case-insensitively, with one Aho-Corasick automaton (pyahocorasick) over all queries. Captions and queries
+are normalised the same way: Unicode case folding, then every run of characters that are not letters,
+digits or combining marks (punctuation, ``_``, whitespace) becomes one space. So ``cat`` matches
+"A cat, on a mat" but not "concatenate"; ``covid-19`` matches "COVID 19"; ``new york`` matches
+"New-York". MetaCLIP instead matches case-sensitively and only spaces out ``, . ; : ? ! `` (its
+``spacing``). The automaton is built on first use and not pickled, so a matcher (and any stage object
+holding one) pickles small for Ray and rebuilds on the worker.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.core.errors import WitError
+from pipeline.core.io import atomic_path
+
+SEP = "\x1f"  # joins captions of a batch; survives normalisation, never inside a key
+# a run of non-word characters that starts with something other than a space (``_`` is replaced first)
+_PUNCT_RE = re.compile(r"[^\w\u0300-\u036f\x1f ][^\w\u0300-\u036f\x1f]*")
+
+STOPWORDS = frozenset("""
+a about above after again against ain all also am an and any are aren as at be because been before being
+below between both but by can cannot could couldn d did didn do does doesn doing don down during each either
+else etc ever every few for from further get got had hadn has hasn have haven having he her here hers herself
+him himself his how however i if in into is isn it its itself just ll m ma may me might mightn more most
+much must mustn my myself neither no nor not now o of off on once only or other ought our ours ourselves out
+over own re s same shall shan she should shouldn so some such t than that the their theirs them themselves
+then there these they this those though through thus to too under until up upon us ve very via was wasn we
+were weren what when where whether which while who whom whose why will with within without won would wouldn
+y yet you your yours yourself yourselves
+""".split())
+
+
+def normalise(text: str) -> str:
+    """Case-fold ``text`` and turn every run of non-word characters into one space (stripped)."""
+    return _squeeze(text.replace(SEP, " ").casefold()).strip()
+
+
+def normalise_many(texts: Sequence[str | None]) -> list[str]:
+    """``normalise`` of each text, done in one pass over all of them (``None`` gives ``""``)."""
+    if not texts:
+        return []
+    pieces = _normalised_batch(texts).split(SEP)
+    return [piece.strip() for piece in pieces[:-1]]
+
+
+def _squeeze(text: str) -> str:
+    """Every run of non-word characters (``_`` included, ``SEP`` excepted) as one space.
+
+    Same result as one regex over all such runs, about 2.5x faster: single spaces between words, the
+    common case, are left alone and doubled spaces are squeezed with ``str.replace``.
+    """
+    text = _PUNCT_RE.sub(" ", text.replace("_", " "))
+    while "  " in text:
+        text = text.replace("  ", " ")
+    return text
+
+
+def words(text: str) -> list[str]:
+    """The normalised words of ``text`` (what whole-word matching sees)."""
+    return normalise(text).split()
+
+
+def query_hash(queries: Sequence[str]) -> str:
+    """A short content hash of a query list (ids are positions, so order matters)."""
+    return hashlib.sha256(json.dumps(list(queries), ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+def load_queries(path: str | Path) -> list[str]:
+    """Read a query list: ``.json`` = JSON list of strings (MetaCLIP ``metadata.json``), else one per line."""
+    p = Path(path)
+    if not p.is_file():
+        raise WitError(f"{p}: query list not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise WitError(f"{p}: query list is not UTF-8 text") from None
+    queries = _parse_json(p, text) if p.suffix.lower() == ".json" else [
+        line.strip() for line in text.splitlines() if line.strip()]
+    if not queries:
+        raise WitError(f"{p}: query list is empty")
+    return queries
+
+
+def _parse_json(p: Path, text: str) -> list[str]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WitError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, list):
+        raise WitError(f"{p}: expected a JSON list of query strings, got {type(data).__name__}")
+    bad = next((i for i, q in enumerate(data) if not isinstance(q, str)), None)
+    if bad is not None:
+        raise WitError(f"{p}: entry {bad} is not a string ({data[bad]!r})")
+    return data
+
+
+def save_queries(path: str | Path, queries: Sequence[str]) -> Path:
+    """Write ``queries`` atomically: a JSON list for ``.json``, else one per line (newlines become spaces)."""
+    p = Path(path)
+    if p.suffix.lower() == ".json":
+        body = json.dumps(list(queries), ensure_ascii=False) + "\n"
+    else:
+        body = "".join(" ".join(q.split()) + "\n" for q in queries)
+    with atomic_path(p) as tmp:
+        tmp.write_text(body, encoding="utf-8")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+def build_queries(out_path: str | Path | None, n_unigrams: int = 200_000, n_bigrams: int = 100_000,
+                  corpus: Iterable[str] | None = None, min_bigram_count: int = 5,
+                  wordlist: str = "large") -> list[str]:
+    """Build a query list offline (see the module doc) and write it to ``out_path`` when given."""
+    if n_unigrams < 0 or n_bigrams < 0 or min_bigram_count < 1:
+        raise WitError("build_queries: n_unigrams and n_bigrams must be >= 0, min_bigram_count >= 1")
+    queries = wordfreq_unigrams(n_unigrams, wordlist)
+    if corpus is not None and n_bigrams:
+        queries += pmi_bigrams(corpus, n_bigrams, min_bigram_count)  # two words: never a unigram
+    if out_path is not None:
+        save_queries(out_path, queries)
+    return queries
+
+
+def wordfreq_unigrams(n: int, wordlist: str = "large") -> list[str]:
+    """The ``n`` most frequent alphabetic, non-stopword English words of wordfreq (fewer if it runs out)."""
+    import wordfreq  # imported here: only list building needs it
+
+    out: list[str] = []
+    for word in wordfreq.iter_wordlist("en", wordlist):
+        if len(out) >= n:
+            break
+        if _good_unigram(word):
+            out.append(word)
+    return out
+
+
+def _good_unigram(word: str) -> bool:
+    return len(word) > 1 and word.isalpha() and word not in STOPWORDS and normalise(word) == word
+
+
+def pmi_bigrams(corpus: Iterable[str], n: int, min_count: int = 5) -> list[str]:
+    """The ``n`` adjacent word pairs of ``corpus`` with the highest PMI among those seen ``min_count`` times."""
+    unigrams: Counter[str] = Counter()
+    bigrams: Counter[tuple[str, str]] = Counter()
+    for text in corpus:
+        toks = words(text or "")
+        unigrams.update(toks)
+        bigrams.update(p for p in zip(toks, toks[1:]) if _bigram_candidate(*p))
+    total = sum(unigrams.values())
+    scored = [(math.log(c * total / (unigrams[a] * unigrams[b])), c, f"{a} {b}")
+              for (a, b), c in bigrams.items() if c >= min_count]
+    scored.sort(key=lambda s: (-s[0], -s[1], s[2]))
+    return [s[2] for s in scored[:n]]
+
+
+def _bigram_candidate(a: str, b: str) -> bool:
+    return a != b and a.isalpha() and b.isalpha() and a not in STOPWORDS and b not in STOPWORDS
+
+
+# ---------------------------------------------------------------------------------------------- matching
+
+class QueryMatcher:
+    """Whole-word, case-insensitive matching of captions against every query (Aho-Corasick).
+
+    ``match(caption)`` gives the sorted ids of the queries found in one caption; ``match_batch(captions)``
+    does a whole batch in one automaton pass and returns CSR arrays ``(offsets, ids)``: caption ``i``
+    matched ``ids[offsets[i]:offsets[i + 1]]``. Queries that normalise to nothing never match; queries
+    that normalise to the same words (``"C++"`` and ``"c"``) match together.
+    """
+
+    def __init__(self, queries: Sequence[str]) -> None:
+        self.queries = list(queries)
+        self._automaton: Any = None
+        self._key_offsets: np.ndarray | None = None
+        self._key_ids: np.ndarray | None = None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "QueryMatcher":
+        return cls(load_queries(path))
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"queries": self.queries}  # the automaton is rebuilt lazily where it is used
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["queries"])  # type: ignore[misc]
+
+    @property
+    def built(self) -> bool:
+        return self._automaton is not None
+
+    def build(self) -> "QueryMatcher":
+        """Build the automaton now (otherwise the first match does)."""
+        import ahocorasick
+
+        keys: dict[str, list[int]] = {}
+        for qid, key in enumerate(normalise_many(self.queries)):
+            if key:
+                keys.setdefault(key, []).append(qid)
+        automaton = ahocorasick.Automaton(ahocorasick.STORE_INTS)
+        for index, key in enumerate(keys):
+            automaton.add_word(f" {key} ", index)
+        automaton.make_automaton()
+        lengths = np.fromiter((len(v) for v in keys.values()), dtype=np.int64, count=len(keys))
+        self._key_offsets = np.concatenate([[0], np.cumsum(lengths)])
+        self._key_ids = np.fromiter(itertools.chain.from_iterable(keys.values()), dtype=np.int32,
+                                    count=int(lengths.sum()))
+        self._automaton = automaton
+        return self
+
+    def match(self, caption: str | None) -> list[int]:
+        """Sorted ids of the queries occurring in ``caption`` as whole words."""
+        return self.match_batch([caption])[1].tolist()
+
+    def match_many(self, captions: Sequence[str | None]) -> list[list[int]]:
+        """``match`` for each caption."""
+        offsets, ids = self.match_batch(captions)
+        return [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+
+    def match_arrow(self, captions: pa.Array | pa.ChunkedArray | Sequence[str | None]) -> pa.ListArray:
+        """Matched ids of each caption as an arrow ``list<int32>`` array (nulls match nothing)."""
+        if isinstance(captions, (pa.Array, pa.ChunkedArray)):
+            captions = captions.to_pylist()
+        offsets, ids = self.match_batch(captions)
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids, pa.int32()))
+
+    def match_batch(self, captions: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+        """CSR ``(offsets int64[n+1], ids int32)`` of the sorted, distinct query ids found in each caption."""
+        if not self.built:
+            self.build()
+        n = len(captions)
+        text = _normalised_batch(captions)
+        found = self._automaton.iter(text) if len(self._automaton) else ()  # an empty one cannot iterate
+        hits = np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64)
+        ends, keys = hits[0::2], hits[1::2]
+        seps = np.flatnonzero(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32) == ord(SEP))
+        rows = np.searchsorted(seps, ends)
+        rows, ids = self._expand(rows, keys)
+        pairs = np.sort((rows << 32) | ids)
+        pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])] if pairs.size else pairs
+        rows, ids = pairs >> 32, (pairs & 0xFFFFFFFF).astype(np.int32)
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int64)
+        return offsets, ids
+
+    def _expand(self, rows: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Map matched automaton keys to query ids (a key shared by several queries yields each)."""
+        assert self._key_offsets is not None and self._key_ids is not None
+        starts = self._key_offsets[keys]
+        lengths = self._key_offsets[keys + 1] - starts
+        if lengths.size == 0 or lengths.max() == 1:
+            return rows, self._key_ids[starts].astype(np.int64)
+        first = np.cumsum(lengths) - lengths
+        index = np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()))
+        return np.repeat(rows, lengths), self._key_ids[index].astype(np.int64)
+
+
+def _normalised_batch(captions: Sequence[str | None]) -> str:
+    """All captions normalised into one string ``" c0 \\x1f c1 \\x1f ... \\x1f "``: one separator per caption."""
+    texts = ["" if c is None else c for c in captions]
+    joined = f" {SEP} ".join(texts)
+    if joined.count(SEP) != max(len(texts) - 1, 0):
+        joined = f" {SEP} ".join(t.replace(SEP, " ") for t in texts)
+    return _squeeze(" " + (joined + f" {SEP}").casefold() + " ")

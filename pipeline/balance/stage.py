@@ -1,0 +1,335 @@
+"""The ``balance`` stage (WIT/MetaCLIP-style): keep pairs whose caption names a query, at most ~``t`` per query.
+
+``run_balance(input_dir, out_dir, cfg)`` reads the filter's kept pairs (``uid`` and ``caption`` needed) in
+two streaming passes over their parquet parts:
+
+1. **count**: match every caption against the query list (:class:`pipeline.balance.queries.QueryMatcher`:
+   whole-word, case-insensitive) and count matched pairs per query (per part in
+   ``_parts/<part>.counts-<list hash>-<part size and mtime>.parquet``, reused on re-runs); the totals go to
+   ``_queries/query_counts.parquet`` (``query_id``, ``query``, ``count``; after pass 2 also ``kept``).
+2. **sample**: a pair matching no query is dropped (``no_query``); otherwise it is kept with probability
+   ``t / max(t, count of its rarest matched query)``, else dropped (``over_balanced``). The draw is a
+   hash of ``(seed, uid)``, so a pair's fate depends on neither row order nor partitioning.
+
+Kept rows plus a ``queries`` column (``list<int32>`` of matched query ids, positions in
+``_queries/queries.json``) are written to ``out_dir/<part>``, mirroring the input parts; dropped rows go
+to ``_rejected/<part>`` with ``queries`` and ``reason`` (unless ``write_rejected`` is off: then they are
+only counted). The ``_``-prefixed folders keep these files out of ``parquet_files(out_dir)`` and of
+parquet dataset readers, which must see the kept pairs only. ``_stats.json`` accounts for every input row
+and holds the per-query distribution before and after (quantiles, queries over ``t``, top-20 head).
+A part is finished when its outputs and ``_parts/<part>.stats.json`` exist *and* that sidecar was made
+with the same query list, counts, ``t`` and seed; a re-run skips finished parts and redoes the rest.
+
+**Sampling rule.** MetaCLIP (``balance_sampling``) draws once per matched entry and keeps the pair if any
+draw succeeds (``random() < t / count``), i.e. with probability ``1 - prod(1 - p_q)``. Here there is one
+draw against the rarest matched query, ``p = max_q p_q`` (the rule of the issue): slightly fewer head
+pairs kept, and the same decision for a pair whatever else it matches beyond its rarest query. Either
+way a head query can end above ``t`` because its pairs also ride along with rarer queries.
+
+**Query list.** ``cfg.queries`` names a MetaCLIP ``metadata.json`` or a text file. Left empty, a list is
+built offline (``pipeline.balance.queries.build_queries``: wordfreq unigrams + PMI bigrams counted in up to
+``max_corpus_rows`` input captions) once and kept in ``_queries/queries.json`` for later runs.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import itertools
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from pipeline.core.config import field
+from pipeline.core.errors import WitError
+from pipeline.core.io import atomic_path, checked_parts, clean_tmp, read_json, write_json, write_parquet
+from pipeline.balance.queries import QueryMatcher, build_queries, load_queries, query_hash, save_queries
+from pipeline.core.stats import StageStats
+
+STAGE = "balance"
+PARTS_DIR = "_parts"
+REJECTED_DIR = "_rejected"
+QUERIES_DIR = "_queries"
+QUERIES_FILE = "queries.json"
+COUNTS_FILE = "query_counts.parquet"
+REQUIRED_COLUMNS = ("uid", "caption")
+ADDED_COLUMNS = ("queries", "reason")
+QUERIES_FIELD = pa.field("queries", pa.list_(pa.int32()))
+HEAD = 20
+QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
+
+
+@dataclasses.dataclass
+class BalanceConfig:
+    """Options of the balance stage."""
+
+    queries: str = field("", help="query list: MetaCLIP metadata.json (JSON list of strings) or a text file, "
+                         "one query per line; empty = build one from wordfreq + bigrams of the input captions, once "
+                         "(kept in _queries/queries.json; delete it to rebuild)")
+    t: int = field(20_000, help="pairs per query above which a query's pairs are subsampled (CLIP: 20,000)")
+    seed: int = field(0, help="seed of the hash-based keep decision (with each pair's uid)")
+    n_unigrams: int = field(200_000, help="when building the query list: most frequent wordfreq words to take")
+    n_bigrams: int = field(100_000, help="when building the query list: highest-PMI caption bigrams to take")
+    min_bigram_count: int = field(5, help="when building the query list: least occurrences of a bigram")
+    max_corpus_rows: int = field(1_000_000, help="when building the query list: input captions read for bigrams")
+    write_rejected: bool = field(True, help="write dropped rows to _rejected/ (otherwise only count them)")
+    batch_rows: int = field(65_536, help="rows per record batch read from the input parts")
+    progress: bool = field(True, help="show progress bars over input parts (only on a terminal)")
+
+    def __post_init__(self) -> None:
+        if self.t < 1 or self.batch_rows < 1:
+            raise WitError(f"BalanceConfig: t and batch_rows must be >= 1 (t={self.t}, batch_rows={self.batch_rows})")
+        if min(self.n_unigrams, self.n_bigrams, self.max_corpus_rows) < 0 or self.min_bigram_count < 1:
+            raise WitError("BalanceConfig: n_unigrams, n_bigrams, max_corpus_rows must be >= 0, min_bigram_count >= 1")
+
+
+def run_balance(input_dir: str | Path, out_dir: str | Path, cfg: BalanceConfig = BalanceConfig()) -> StageStats:
+    """Balance the pairs of ``input_dir`` into ``out_dir`` (see the module doc)."""
+    parts = input_parts(input_dir)
+    out = Path(out_dir)
+    if out.resolve() == Path(input_dir).resolve():
+        raise WitError(f"{out}: the balance output folder must differ from its input folder")
+    for sub in ("", REJECTED_DIR, PARTS_DIR, QUERIES_DIR):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        clean_tmp(out / sub)
+    queries, source = resolve_queries(parts, out, cfg)
+    matcher = QueryMatcher(queries)
+    qhash = query_hash(queries)
+    counts = count_matches(parts, out, matcher, qhash, cfg)
+    write_query_counts(out, queries, counts)
+    key = run_key(qhash, counts, cfg)
+    probs = keep_probabilities(counts, cfg.t)
+    done = [p for p in parts if is_done(out, p, key, cfg)]
+    for part in _progress([p for p in parts if p not in done], cfg, "balance"):
+        balance_part(part, out, matcher, probs, cfg, key)
+    stats = _total_stats(out, parts, key, cfg)
+    kept = kept_counts(out, parts, len(queries))
+    write_query_counts(out, queries, counts, kept)
+    stats.extra.update(skipped_parts=len(done), queries_source=source, t=cfg.t, seed=cfg.seed,
+                       **distribution(queries, counts, kept, cfg.t))
+    stats.write(out)
+    return stats
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+def input_parts(input_dir: str | Path) -> list[Path]:
+    """The finished parquet parts of ``input_dir``, each checked for ``uid`` and ``caption``."""
+    return checked_parts(input_dir, REQUIRED_COLUMNS, "balance (has the filter stage run?)")
+
+
+def resolve_queries(parts: list[Path], out: Path, cfg: BalanceConfig) -> tuple[list[str], str]:
+    """The query list and where it came from; a copy is kept in ``_queries/queries.json`` (ids = positions)."""
+    saved = out / QUERIES_DIR / QUERIES_FILE
+    if cfg.queries:
+        queries = load_queries(cfg.queries)
+        if not saved.is_file() or load_queries(saved) != queries:
+            save_queries(saved, queries)
+        return queries, str(cfg.queries)
+    if saved.is_file():
+        return load_queries(saved), str(saved)
+    corpus = itertools.islice(_captions(parts, cfg.batch_rows), cfg.max_corpus_rows)
+    queries = build_queries(saved, cfg.n_unigrams, cfg.n_bigrams, corpus, cfg.min_bigram_count)
+    if not queries:
+        raise WitError("BalanceConfig: the built query list is empty (n_unigrams = n_bigrams = 0?)")
+    return queries, "built: wordfreq unigrams + input-caption PMI bigrams"
+
+
+def _captions(parts: list[Path], batch_rows: int) -> Iterator[str]:
+    for part in parts:
+        for batch in pq.ParquetFile(part).iter_batches(batch_size=batch_rows, columns=["caption"]):
+            yield from (c for c in batch.column(0).to_pylist() if c)
+
+
+# -------------------------------------------------------------------------------------- pass 1: counting
+
+def part_fingerprint(part: Path) -> str:
+    """Size and modification time of an input part: cached results of a rewritten part are not reused."""
+    st = part.stat()
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def counts_path(out: Path, part: Path, qhash: str) -> Path:
+    """Cached match counts of one input part under one query list."""
+    return out / PARTS_DIR / f"{part.stem}.counts-{qhash}-{part_fingerprint(part)}.parquet"
+
+
+def count_matches(parts: list[Path], out: Path, matcher: QueryMatcher, qhash: str, cfg: BalanceConfig) -> np.ndarray:
+    """Matched pairs per query over all parts (int64[len(queries)]); per-part sparse counts are cached."""
+    total = np.zeros(len(matcher), dtype=np.int64)
+    for part in _progress(parts, cfg, "balance: count"):
+        path = counts_path(out, part, qhash)
+        if not path.is_file():
+            write_parquet(_count_part(part, matcher, cfg.batch_rows), path)
+        table = pq.read_table(path)
+        np.add.at(total, table["query_id"].to_numpy(), table["count"].to_numpy())
+    return total
+
+
+def _count_part(part: Path, matcher: QueryMatcher, batch_rows: int) -> pa.Table:
+    counts = np.zeros(len(matcher), dtype=np.int64)
+    for batch in pq.ParquetFile(part).iter_batches(batch_size=batch_rows, columns=["caption"]):
+        _, ids = matcher.match_batch(batch.column(0).to_pylist())
+        counts += np.bincount(ids, minlength=len(matcher))
+    nz = np.flatnonzero(counts)
+    return pa.table({"query_id": pa.array(nz.astype(np.int32)), "count": pa.array(counts[nz])})
+
+
+def write_query_counts(out: Path, queries: list[str], counts: np.ndarray, kept: np.ndarray | None = None) -> Path:
+    """``_queries/query_counts.parquet``: ``query_id``, ``query``, ``count`` (and ``kept`` after pass 2)."""
+    columns: dict[str, Any] = {"query_id": pa.array(np.arange(len(queries), dtype=np.int32)),
+                               "query": pa.array(queries, pa.string()), "count": pa.array(counts)}
+    if kept is not None:
+        columns["kept"] = pa.array(kept)
+    path = out / QUERIES_DIR / COUNTS_FILE
+    write_parquet(pa.table(columns), path)
+    return path
+
+
+# -------------------------------------------------------------------------------------- pass 2: sampling
+
+def keep_probabilities(counts: np.ndarray, t: int) -> np.ndarray:
+    """Per query: ``t / max(t, count)`` (1 for queries with at most ``t`` pairs)."""
+    return t / np.maximum(counts, t).astype(np.float64)
+
+
+def uid_uniform(uids: Iterable[str], seed: int) -> np.ndarray:
+    """A uniform [0, 1) number per uid, a keyed hash of ``(seed, uid)``: independent of order and batching."""
+    key = str(seed).encode()
+    values = (int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8, key=key).digest(), "little") >> 11
+              for u in uids)
+    return np.fromiter(values, dtype=np.float64) * 2.0 ** -53
+
+
+def decide(offsets: np.ndarray, ids: np.ndarray, uids: list[str], probs: np.ndarray, seed: int) -> np.ndarray:
+    """Per row: 0 = kept, 1 = ``no_query``, 2 = ``over_balanced`` (one draw against the rarest query)."""
+    lengths = np.diff(offsets)
+    matched = lengths > 0
+    p = np.zeros(len(uids))
+    if ids.size:
+        p[matched] = np.maximum.reduceat(probs[ids], offsets[:-1][matched])
+    u = uid_uniform(uids, seed)
+    return np.where(~matched, 1, np.where(u < p, 0, 2)).astype(np.int8)
+
+
+REASONS = {1: "no_query", 2: "over_balanced"}
+REASON_NAMES = np.array(["", *REASONS.values()], dtype=object)
+
+
+def output_schemas(schema: pa.Schema) -> tuple[pa.Schema, pa.Schema]:
+    """Schemas of the kept (input + queries) and rejected (+ reason) outputs."""
+    kept = pa.schema([f for f in schema if f.name not in ADDED_COLUMNS] + [QUERIES_FIELD])
+    return kept, kept.append(pa.field("reason", pa.string()))
+
+
+def balance_part(part: Path, out: Path, matcher: QueryMatcher, probs: np.ndarray, cfg: BalanceConfig,
+                 key: str) -> StageStats:
+    """Sample one part into ``out/<part>`` and ``_rejected/<part>`` (sidecar written before the renames)."""
+    stats = StageStats(STAGE, extra={"parts": 1})
+    source = pq.ParquetFile(part)
+    kept_schema, rej_schema = output_schemas(source.schema_arrow)
+    rej_target = out / REJECTED_DIR / part.name
+    with contextlib.ExitStack() as paths:
+        kept_tmp = paths.enter_context(atomic_path(out / part.name))
+        rej_tmp = paths.enter_context(atomic_path(rej_target)) if cfg.write_rejected else None
+        with contextlib.ExitStack() as writers:
+            kept_w = writers.enter_context(pq.ParquetWriter(kept_tmp, kept_schema))
+            rej_w = writers.enter_context(pq.ParquetWriter(rej_tmp, rej_schema)) if rej_tmp else None
+            for batch in source.iter_batches(batch_size=cfg.batch_rows):
+                kept, rejected = balance_batch(batch, matcher, probs, cfg.seed, stats, part)
+                kept_w.write_table(kept.cast(kept_schema))
+                if rej_w is not None:
+                    rej_w.write_table(rejected.cast(rej_schema))
+        sidecar = {"key": key, "input": part_fingerprint(part), "stats": stats.to_dict()}
+        write_json(sidecar_path(out, part.name), sidecar)
+    if not cfg.write_rejected:
+        rej_target.unlink(missing_ok=True)  # stale output of an earlier run that wrote them
+    return stats
+
+
+def balance_batch(batch: pa.RecordBatch, matcher: QueryMatcher, probs: np.ndarray, seed: int,
+                  stats: StageStats, part: Path) -> tuple[pa.Table, pa.Table]:
+    """Match and sample one record batch; return its kept rows and its rejected rows (with ``reason``)."""
+    uids = batch.column(batch.schema.get_field_index("uid")).cast(pa.string()).to_pylist()
+    if None in uids:
+        raise WitError(f"{part}: row {uids.index(None)} of a batch has no uid")
+    offsets, ids = matcher.match_batch(batch.column(batch.schema.get_field_index("caption")).to_pylist())
+    verdict = decide(offsets, ids, uids, probs, seed)
+    queries = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids, pa.int32()))
+    table = pa.Table.from_batches([batch]).select([c for c in batch.schema.names if c not in ADDED_COLUMNS])
+    table = table.append_column(QUERIES_FIELD, queries)
+    keep = verdict == 0
+    rejected = table.filter(pa.array(~keep))
+    reasons = pa.array(REASON_NAMES[verdict[~keep]], pa.string())
+    stats.inputs += len(uids)
+    stats.kept += int(keep.sum())
+    for code, reason in REASONS.items():
+        stats.drop(reason, int((verdict == code).sum()))
+    return table.filter(pa.array(keep)), rejected.append_column(pa.field("reason", pa.string()), reasons)
+
+
+# ----------------------------------------------------------------------------------- resume and totals
+
+def run_key(qhash: str, counts: np.ndarray, cfg: BalanceConfig) -> str:
+    """What a part's decisions depend on: query list, global counts, ``t``, seed, and whether rejects are written."""
+    h = hashlib.sha256(f"{qhash}|{cfg.t}|{cfg.seed}|{cfg.write_rejected}|".encode())
+    h.update(np.ascontiguousarray(counts, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def sidecar_path(out: Path, name: str) -> Path:
+    return out / PARTS_DIR / f"{Path(name).stem}.stats.json"
+
+
+def is_done(out: Path, part: Path, key: str, cfg: BalanceConfig) -> bool:
+    """Finished: outputs and sidecar exist, made under the same ``run_key`` from the same input part."""
+    name = part.name
+    files = [out / name, sidecar_path(out, name)] + ([out / REJECTED_DIR / name] if cfg.write_rejected else [])
+    if not all(p.is_file() for p in files):
+        return False
+    sidecar = read_json(sidecar_path(out, name))
+    return sidecar.get("key") == key and sidecar.get("input") == part_fingerprint(part)
+
+
+def _total_stats(out: Path, parts: list[Path], key: str, cfg: BalanceConfig) -> StageStats:
+    stats = StageStats(STAGE, extra={"parts": 0})
+    for part in parts:
+        if is_done(out, part, key, cfg):
+            stats.merge(StageStats.from_dict(read_json(sidecar_path(out, part.name))["stats"]))
+    return stats
+
+
+def kept_counts(out: Path, parts: list[Path], n_queries: int) -> np.ndarray:
+    """Kept pairs per query, read back from the ``queries`` column of the outputs."""
+    total = np.zeros(n_queries, dtype=np.int64)
+    for part in parts:
+        column = pq.read_table(out / part.name, columns=["queries"]).column(0)
+        for chunk in column.chunks:
+            total += np.bincount(chunk.flatten().to_numpy(zero_copy_only=False), minlength=n_queries)
+    return total
+
+
+def distribution(queries: list[str], before: np.ndarray, after: np.ndarray, t: int) -> dict[str, Any]:
+    """Pairs per query before and after sampling: quantiles over matched queries, queries over ``t``, head."""
+    def summary(counts: np.ndarray) -> dict[str, Any]:
+        nz = counts[counts > 0]
+        q = np.quantile(nz, QUANTILES) if nz.size else np.zeros(len(QUANTILES))
+        return {"queries_matched": int(nz.size), "matches": int(nz.sum()), "queries_over_t": int((nz > t).sum()),
+                "quantiles": {f"p{x * 100:g}": float(v) for x, v in zip(QUANTILES, q)}}
+
+    def head(order: np.ndarray) -> list[dict[str, Any]]:
+        return [{"query_id": int(i), "query": queries[i], "before": int(before[i]), "after": int(after[i])}
+                for i in order[:HEAD] if before[i] > 0]
+
+    return {"queries": len(queries), "before": summary(before), "after": summary(after),
+            "head_before": head(np.argsort(-before, kind="stable")),
+            "head_after": head(np.argsort(-after, kind="stable"))}
+
+
+def _progress(parts: list[Path], cfg: BalanceConfig, desc: str) -> Iterable[Path]:
+    return tqdm(parts, desc=desc, unit="part", file=sys.stderr, disable=not (cfg.progress and sys.stderr.isatty()))

@@ -1,0 +1,118 @@
+"""Atomic writes and small file helpers shared by every stage.
+
+Every output is written under a temporary name in the same folder and renamed into place,
+so a killed run never leaves a partial file that looks complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.core.errors import WitError
+
+TMP_PREFIX = ".tmp-"
+
+
+def _tmp_path(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file path; on success it is renamed to ``path``, on error removed."""
+    final = Path(path)
+    tmp = _tmp_path(final)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory; on success it replaces ``path`` as a whole, on error it is removed."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_parquet(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write a parquet file atomically."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def clean_tmp(folder: str | os.PathLike) -> int:
+    """Remove leftovers of killed runs (temporary files and folders) in ``folder``; return how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for p in folder.glob(f"{TMP_PREFIX}*"):
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def parquet_files(folder: str | os.PathLike) -> list[Path]:
+    """The finished parquet parts of a dataset folder, sorted (temporary files excluded)."""
+    folder = Path(folder)
+    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX))
+
+
+def read_schema(part: str | os.PathLike) -> pa.Schema:
+    """The arrow schema of a parquet file, with a one-line error when it cannot be read."""
+    try:
+        return pq.read_schema(part)
+    except (pa.ArrowException, OSError) as exc:
+        raise WitError(f"{part}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
+
+
+def checked_parts(input_dir: str | os.PathLike, required: tuple[str, ...], hint: str) -> list[Path]:
+    """The finished parquet parts of ``input_dir``, each checked for the ``required`` columns.
+
+    ``hint`` completes "no parquet parts to ..." when the folder holds none.
+    """
+    folder = Path(input_dir)
+    if not folder.is_dir():
+        raise WitError(f"{folder}: input folder not found")
+    parts = parquet_files(folder)
+    if not parts:
+        raise WitError(f"{folder}: no parquet parts to {hint}")
+    for part in parts:
+        names = read_schema(part).names
+        missing = [c for c in required if c not in names]
+        if missing:
+            raise WitError(f"{part}: no '{missing[0]}' column (has: {', '.join(names)})")
+    return parts

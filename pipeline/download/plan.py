@@ -1,0 +1,160 @@
+"""The download plan: the input pairs staged once as ``shards_dir/_input/urls.parquet``, one row group per shard.
+
+The input parts are streamed (never all in memory) into ``url``, ``caption`` and the ``keep_columns``
+present in any part; row group N holds the rows of shard N, so a worker reads exactly its shard and a
+re-run (same input bytes and shard-shaping options, see :meth:`DownloadConfig.shard_options`) finds the
+same rows in the same shard. URLs are not screened here: each worker screens its own (no driver-side DNS).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.download.config import DownloadConfig, ShardShaping
+from pipeline.download.shard import done_shards
+from pipeline.core.errors import WitError
+from pipeline.core.io import atomic_path, parquet_files, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+PLAN_DIR = "_input"
+PLAN_FILE = "plan.json"
+URLS_FILE = "urls.parquet"
+BATCH_ROWS = 1 << 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a shards folder is built from: the staged URL list and its shard layout."""
+
+    urls_file: Path
+    inputs: int
+    per_shard: int
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(self.inputs / self.per_shard)
+
+    def shard_rows(self, shard_id: int) -> int:
+        return min(self.per_shard, self.inputs - shard_id * self.per_shard)
+
+
+def input_files(input_dir: Path) -> list[Path]:
+    files = [input_dir] if input_dir.is_file() else parquet_files(input_dir)
+    if not files:
+        raise WitError(f"{input_dir}: no parquet parts to download (has the filter stage run?)")
+    return files
+
+
+def fingerprint(files: list[Path], cfg: ShardShaping) -> str:
+    digest = hashlib.sha256(json.dumps(cfg.shard_options(), sort_keys=True, default=str).encode())
+    for f in files:
+        digest.update(f.name.encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def staged_schema(files: list[Path], keep_columns: tuple[str, ...]) -> pa.Schema:
+    """``keep_columns`` present in any part (in that order), then ``caption`` if present, then ``url``."""
+    fields: dict[str, pa.Field] = {}
+    for f in files:
+        schema = pq.read_schema(f)
+        if "url" not in schema.names:
+            raise WitError(f"{f}: no 'url' column")
+        for name in schema.names:
+            fields.setdefault(name, schema.field(name))
+    names = [c for c in dict.fromkeys(keep_columns) if c in fields] + [c for c in ("caption", "url") if c in fields]
+    return pa.schema([fields[n] for n in names])
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema, source: Path) -> pa.Table:
+    columns = [batch.column(n) if n in batch.schema.names else pa.nulls(batch.num_rows, schema.field(n).type)
+               for n in schema.names]
+    try:
+        return pa.Table.from_arrays(columns, names=schema.names).cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise WitError(f"{source}: columns do not match the other parts ({str(exc).splitlines()[0]})") from None
+
+
+def _batches(files: list[Path], schema: pa.Schema) -> Iterator[pa.Table]:
+    for f in files:
+        part = pq.ParquetFile(f)
+        present = [n for n in schema.names if n in part.schema_arrow.names]
+        for batch in part.iter_batches(batch_size=BATCH_ROWS, columns=present):
+            yield _conform(batch, schema, f)
+
+
+def stage_urls(files: list[Path], schema: pa.Schema, out: Path, per_shard: int) -> int:
+    """Stream the parts into ``out`` with exactly ``per_shard`` rows per row group; return the row count."""
+    total, buffered, pending = 0, 0, []
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for table in _batches(files, schema):
+            pending.append(table)
+            buffered += table.num_rows
+            while buffered >= per_shard:
+                merged = pa.concat_tables(pending)
+                writer.write_table(merged.slice(0, per_shard), row_group_size=per_shard)
+                pending, buffered, total = [merged.slice(per_shard)], buffered - per_shard, total + per_shard
+        if buffered:
+            writer.write_table(pa.concat_tables(pending), row_group_size=per_shard)
+            total += buffered
+        if total == 0:
+            raise WitError(f"{files[0].parent}: no rows to download")
+    return total
+
+
+def load_plan_record(shards_dir: Path, digest: str) -> dict[str, Any] | None:
+    """The stored ``plan.json`` of ``shards_dir`` if it was made with fingerprint ``digest`` and its URL
+    list is still there."""
+    plan_file = shards_dir / PLAN_DIR / PLAN_FILE
+    if not plan_file.is_file():
+        return None
+    d = read_json(plan_file)
+    if d.get("fingerprint") != digest or not (shards_dir / PLAN_DIR / URLS_FILE).is_file():
+        return None
+    return d
+
+
+def _has_shards(shards_dir: Path) -> bool:
+    return bool(done_shards(shards_dir)) or any(p.stem.isdigit() for p in shards_dir.glob("*.tar"))
+
+
+def open_plan(input_dir: Path, shards_dir: Path, cfg: ShardShaping) -> tuple[list[Path], str, dict[str, Any] | None]:
+    """``(input parts, fingerprint, record of an earlier run's plan to reuse or None)`` (either engine).
+
+    A folder that holds shards but no plan for this input and these options is refused."""
+    files = input_files(input_dir)
+    digest = fingerprint(files, cfg)
+    record = load_plan_record(shards_dir, digest)
+    if record is not None:
+        log.info("%s: reusing the download plan of an earlier run", shards_dir)
+    elif _has_shards(shards_dir):
+        raise WitError(f"{shards_dir}: holds shards built from other input or options; "
+                       "delete it or choose another folder")
+    return files, digest, record
+
+
+def save_plan_record(shards_dir: Path, digest: str, record: dict[str, Any]) -> None:
+    """Write ``plan.json``: the fingerprint and ``record`` (what :func:`load_plan_record` gives back)."""
+    write_json(shards_dir / PLAN_DIR / PLAN_FILE, {"fingerprint": digest, **record})
+
+
+def make_plan(input_dir: Path, shards_dir: Path, cfg: DownloadConfig) -> Plan:
+    """Stage the input URLs (or reuse the plan of an earlier run on the same input and options)."""
+    files, digest, record = open_plan(input_dir, shards_dir, cfg)
+    urls = shards_dir / PLAN_DIR / URLS_FILE
+    if record is None:
+        inputs = stage_urls(files, staged_schema(files, cfg.keep_columns), urls, cfg.number_sample_per_shard)
+        record = {"inputs": inputs, "per_shard": cfg.number_sample_per_shard}
+        save_plan_record(shards_dir, digest, record)
+    return Plan(urls, record["inputs"], record["per_shard"])

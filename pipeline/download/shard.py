@@ -1,0 +1,392 @@
+"""One shard, in one Ray task: fetch, decode once, hash, match eval sets, resize, write, commit.
+
+:func:`download_shard` reads row group ``shard_id`` of the staged URL list, fetches its URLs on
+``thread_count`` threads (:mod:`pipeline.download.fetch`) while the task's main thread turns each body
+into a sample (:mod:`pipeline.download.image`), and writes img2dataset's shard contract into a private
+staging folder ``_work/<shard>-<token>/``:
+
+- ``<shard>.tar``: ``<key>.<ext>``, ``<key>.txt``, ``<key>.json`` per successful URL;
+- ``<shard>.parquet``: one row per URL, sorted by key: the input columns, ``key``, ``status``
+  (``success``, ``failed_to_download``, ``failed_to_resize``, or ``filtered`` for dropped eval
+  duplicates), ``error_message``, ``reason`` (see :mod:`pipeline.download.reasons`), sizes, ``sha256``
+  of the downloaded bytes, and ``dedup.phash.HASH_SCHEMA`` of the decoded original (``phash``,
+  ``phash_flip``, trimmed variants, DCT sign hashes: ``wit dedup`` reuses them); the sample's json holds the
+  same fields but the binary DCT hashes;
+- ``<shard>_stats.json``: img2dataset's per-shard stats plus ``reasons``;
+- the shard's eval overlap rows (``_overlap/<shard>.parquet``, tagged with the eval fingerprint).
+
+**Commit**: a ``COMMIT`` marker, then each file is renamed into place, ``_stats.json`` last (a shard is
+done when its stats file exists). :func:`recover` (driver, before a run) finishes committed staging
+folders and deletes the rest, so a killed run or worker never leaves a half-written shard behind.
+
+:func:`retry_shard` re-fetches a finished shard's URLs that failed with a retryable reason and commits
+the merged shard the same way: old samples are copied minus the retried keys, so no key can appear twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import tarfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dedup.phash import HASH_SCHEMA
+from dedup.match import MATCH_SCHEMA, MatchConfig, RobustIndex, match_table
+from pipeline.download.config import DownloadConfig
+from pipeline.download.image import ImageProcessor
+from pipeline.download.fetch import Fetched, map_unordered, new_fetcher
+from pipeline.download.reasons import Dropped, is_retryable
+from pipeline.core.io import write_json, write_parquet
+
+SHARD_DIGITS = 5  # img2dataset's oom_shard_count: shard names 00000..99999
+WORK_DIR = "_work"
+OVERLAP_DIR = "_overlap"
+COMMIT = "COMMIT"
+MATCH_BATCH = 256
+OVERLAP_SCHEMA = MATCH_SCHEMA.append(pa.field("url", pa.string()))
+MATCH_INPUT_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("url", pa.string()),
+                                pa.field("status", pa.string()), *HASH_SCHEMA])
+META_FIELDS = [pa.field("key", pa.string()), pa.field("status", pa.string()), pa.field("error_message", pa.string()),
+               pa.field("width", pa.int32()), pa.field("height", pa.int32()),
+               pa.field("original_width", pa.int32()), pa.field("original_height", pa.int32()),
+               pa.field("sha256", pa.string()), *HASH_SCHEMA, pa.field("reason", pa.string())]
+RESULT_FIELDS = [f.name for f in META_FIELDS if f.name != "key"]
+
+
+def shard_name(shard_id: int) -> str:
+    return f"{shard_id:0{SHARD_DIGITS}d}"
+
+
+def stats_path(shards_dir: Path, shard_id: int) -> Path:
+    return shards_dir / f"{shard_name(shard_id)}_stats.json"
+
+
+def overlap_path(shards_dir: Path, shard_id: int) -> Path:
+    return shards_dir / OVERLAP_DIR / f"{shard_name(shard_id)}.parquet"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardJob:
+    """Everything a shard task needs (pickled to the Ray worker)."""
+
+    shards_dir: str
+    urls_file: str
+    shard_id: int
+    per_shard: int
+    cfg: DownloadConfig
+    eval_fingerprint: str
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.shard_id)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.shards_dir)
+
+    def key(self, index: int) -> str:
+        """img2dataset's key: shard id then the row's index in the shard, zero-padded."""
+        digits = math.ceil(math.log10(self.per_shard)) if self.per_shard > 1 else 0
+        return f"{self.shard_id * 10 ** digits + index:0{digits + SHARD_DIGITS}d}"
+
+
+# ---------------------------------------------------------------- eval matching
+
+def shard_overlap(table: pa.Table, indexes: dict[str, RobustIndex], cfg: MatchConfig) -> pa.Table:
+    """Overlap rows (``OVERLAP_SCHEMA``) of a shard table's successful, hashed samples against every index,
+    by the robust detector of ``wit dedup`` (:func:`dedup.match.match_table`) on the stored hash columns."""
+    hashed = table.filter(pc.and_(pc.equal(table["status"], "success"), pc.is_valid(table["phash"])))
+    matches = match_table(hashed, indexes, cfg)
+    url_of = dict(zip(hashed["key"].to_pylist(), hashed["url"].to_pylist()))
+    return matches.append_column("url", pa.array([url_of[k] for k in matches["key"].to_pylist()], pa.string()))
+
+
+def write_overlap(table: pa.Table, path: Path, eval_fingerprint: str) -> None:
+    write_parquet(table.replace_schema_metadata({"eval_fingerprint": eval_fingerprint}), path)
+
+
+def read_overlap(path: Path, eval_fingerprint: str) -> pa.Table | None:
+    """The overlap rows stored for a shard, or None when missing or matched against other eval indexes."""
+    if not path.is_file():
+        return None
+    table = pq.read_table(path)
+    stored = (table.schema.metadata or {}).get(b"eval_fingerprint", b"").decode()
+    return table.replace_schema_metadata(None) if stored == eval_fingerprint else None
+
+
+# ---------------------------------------------------------------- building a shard
+
+class SampleTar:
+    """img2dataset's WebDataset layout, written as webdataset's ``TarWriter`` does (members sorted by
+    extension, mode 0444, user/group ``bigdata``, ustar): ``<key>.<ext>``, ``<key>.json``, ``<key>.txt``
+    (with a caption column). Plain ``tarfile``: importing webdataset in a worker would import torch."""
+
+    def __init__(self, path: Path, ext: str, with_caption: bool) -> None:
+        self.ext, self.with_caption = ext, with_caption
+        self.tar = tarfile.open(path, mode="w", format=tarfile.USTAR_FORMAT)  # not "w|": its buffer copies
+
+    def write(self, row: dict[str, Any], image: bytes) -> None:
+        meta = {k: v for k, v in row.items() if not isinstance(v, bytes)}
+        members = {self.ext: image, "json": json.dumps(meta, indent=4, default=str).encode()}
+        if self.with_caption:
+            members["txt"] = str(row["caption"] if row["caption"] is not None else "").encode()
+        self.write_raw(row["key"], members)
+
+    def write_raw(self, key: str, members: dict[str, bytes]) -> None:
+        now = time.time()
+        for ext in sorted(members):
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(members[ext]), now, 0o444
+            info.uname = info.gname = "bigdata"
+            self.tar.addfile(info, io.BytesIO(members[ext]))
+
+    def close(self) -> None:
+        self.tar.close()
+
+
+def read_tar_samples(path: Path) -> Iterable[tuple[str, dict[str, bytes]]]:
+    """``(key, {extension: bytes})`` per sample of a WebDataset tar, in order."""
+    key, members = None, {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            fh = tar.extractfile(member) if member.isfile() else None
+            if fh is None:
+                continue
+            k, _, ext = member.name.split("/")[-1].partition(".")
+            if k != key and key is not None:
+                yield key, members
+                members = {}
+            key, members[ext] = k, fh.read()
+    if key is not None:
+        yield key, members
+
+
+class ShardBuilder:
+    """Collects one shard's rows and samples into a staging folder."""
+
+    def __init__(self, job: ShardJob, indexes: dict[str, RobustIndex], staging: Path, with_caption: bool) -> None:
+        self.job, self.cfg, self.indexes, self.staging = job, job.cfg, indexes, staging
+        self.processor = ImageProcessor(job.cfg)
+        self.tar = SampleTar(staging / f"{job.name}.tar", job.cfg.encode_format, with_caption)
+        self.rows: list[dict[str, Any]] = []
+        self.pending: list[tuple[dict[str, Any], bytes]] = []
+        self.attempts = 0
+
+    def add(self, meta: dict[str, Any], fetched: Fetched) -> None:
+        row = {**meta, **dict.fromkeys(RESULT_FIELDS)}
+        self.attempts += fetched.attempts
+        if fetched.data is None:
+            row.update(status="failed_to_download", error_message=fetched.error, reason=fetched.reason)
+            self.rows.append(row)
+            return
+        try:
+            processed = self.processor(fetched.data)
+        except Dropped as exc:
+            self._reject(row, exc.reason, str(exc), exc.size)
+            return
+        self._accept(row, fetched.data, processed)
+
+    def _reject(self, row: dict[str, Any], reason: str, message: str, size: tuple[int, int] | None) -> None:
+        row.update(status="failed_to_resize", error_message=message, reason=reason)
+        if size is not None:
+            row.update(original_width=size[0], original_height=size[1])
+        self.rows.append(row)
+
+    def _accept(self, row: dict[str, Any], data: bytes, p: Any) -> None:
+        row.update(status="success", width=p.width, height=p.height, original_width=p.original_width,
+                   original_height=p.original_height, sha256=hashlib.sha256(data).hexdigest(), **p.hashes)
+        self.pending.append((row, p.data))
+        if len(self.pending) >= MATCH_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write pending samples (after leaving out eval duplicates when ``drop_eval_duplicates``)."""
+        duplicates = self._eval_duplicates() if self.cfg.drop_eval_duplicates else {}
+        for row, image in self.pending:
+            if row["key"] in duplicates:
+                row.update(status="filtered", reason="eval_duplicate", error_message=duplicates[row["key"]])
+            else:
+                self.tar.write(row, image)
+            self.rows.append(row)
+        self.pending.clear()
+
+    def _eval_duplicates(self) -> dict[str, str]:
+        table = pa.Table.from_pylist([r for r, _ in self.pending], schema=MATCH_INPUT_SCHEMA)
+        found: dict[str, str] = {}
+        for m in shard_overlap(table, self.indexes, self.cfg.match_config()).to_pylist():
+            found.setdefault(m["key"], f"eval near-duplicate of {m['eval_set']}/{m['eval_id']} (pHash distance "
+                                       f"{m['distance']}, DCT {m['dct_distance']}, {m['variant']})")
+        return found
+
+    def finish(self, schema: pa.Schema, started: float, extra: dict[str, Any]) -> dict[str, Any]:
+        """Close the tar; write the parquet, overlap and stats files into the staging folder."""
+        self.flush()
+        self.tar.close()
+        table = pa.Table.from_pylist(sorted(self.rows, key=lambda r: r["key"]), schema=schema)
+        write_parquet(table, self.staging / f"{self.job.name}.parquet")
+        overlap = shard_overlap(table, self.indexes, self.cfg.match_config())
+        write_overlap(overlap, self.staging / f"{self.job.name}.overlap.parquet", self.job.eval_fingerprint)
+        stats = shard_stats(table, started, attempts=self.attempts, **extra)
+        stats["bytes"] = (self.staging / f"{self.job.name}.tar").stat().st_size
+        write_json(self.staging / f"{self.job.name}_stats.json", stats)
+        return stats
+
+
+def shard_stats(table: pa.Table, started: float, **extra: Any) -> dict[str, Any]:
+    """img2dataset's ``<shard>_stats.json`` fields, plus ``reasons`` (failed rows per reason)."""
+    statuses = Counter(table["status"].to_pylist())
+    reasons = Counter(r for r, s in zip(table["reason"].to_pylist(), table["status"].to_pylist()) if s != "success")
+    end = time.time()
+    return {"count": table.num_rows, "successes": statuses["success"],
+            "failed_to_download": statuses["failed_to_download"], "failed_to_resize": statuses["failed_to_resize"],
+            "filtered": statuses["filtered"], "duration": round(end - started, 3), "start_time": started,
+            "end_time": end, "status_dict": {"success": statuses["success"], **reasons},
+            "reasons": dict(sorted(reasons.items())), **extra}
+
+
+def shard_schema(input_schema: pa.Schema) -> pa.Schema:
+    """img2dataset's column order: extra input columns, caption, url, then the result columns."""
+    names = [n for n in input_schema.names if n not in ("caption", "url")]
+    names += [n for n in ("caption", "url") if n in input_schema.names]
+    return pa.schema([input_schema.field(n) for n in names] + META_FIELDS)
+
+
+def _fetch_into(builder: ShardBuilder, metas: list[dict[str, Any]]) -> None:
+    fetcher = new_fetcher(builder.cfg, pool_size=max(16, min(256, builder.cfg.thread_count * 2)))
+    try:
+        for meta, fetched in map_unordered(lambda m: (m, fetcher.fetch(m["url"])), metas, builder.cfg.thread_count):
+            builder.add(meta, fetched)
+    finally:
+        fetcher.close()
+
+
+def worker_node() -> str:
+    """The Ray node this shard ran on (empty outside Ray): per-shard stats show how a cluster shared the work."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
+def _staging(job: ShardJob) -> Path:
+    path = job.folder / WORK_DIR / f"{job.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path.mkdir(parents=True)
+    return path
+
+
+def download_shard(job: ShardJob, indexes: dict[str, RobustIndex]) -> dict[str, Any]:
+    """Build and commit shard ``job.shard_id`` from its row group of the staged URL list; return its stats."""
+    started = time.time()
+    rows = pq.ParquetFile(job.urls_file).read_row_group(job.shard_id)
+    metas = [{**r, "key": job.key(i)} for i, r in enumerate(rows.to_pylist())]
+    staging = _staging(job)
+    try:
+        builder = ShardBuilder(job, indexes, staging, "caption" in rows.column_names)
+        _fetch_into(builder, metas)
+        stats = builder.finish(shard_schema(rows.schema), started, {"retried": 0, "node": worker_node()})
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    commit(staging, job.folder, job.shard_id)
+    return stats
+
+
+def retry_shard(job: ShardJob, indexes: dict[str, RobustIndex]) -> dict[str, Any]:
+    """Re-fetch the retryable failures of finished shard ``job.shard_id`` and commit the merged shard."""
+    started = time.time()
+    base = job.folder / job.name
+    table = pq.read_table(base.with_suffix(".parquet"))
+    redo = {r["key"] for r in table.select(["key", "status", "reason"]).to_pylist()
+            if r["status"] != "success" and is_retryable(r["reason"])}
+    if not redo:
+        return json.loads(stats_path(job.folder, job.shard_id).read_text())
+    rows = table.to_pylist()
+    staging = _staging(job)
+    try:
+        builder = ShardBuilder(job, indexes, staging, "caption" in table.column_names)
+        for key, members in read_tar_samples(base.with_suffix(".tar")):
+            if key not in redo:
+                builder.tar.write_raw(key, members)
+        builder.rows = [r for r in rows if r["key"] not in redo]
+        metas = [{k: v for k, v in r.items() if k not in RESULT_FIELDS} for r in rows if r["key"] in redo]
+        _fetch_into(builder, metas)
+        stats = builder.finish(table.schema, started, {"retried": len(redo), "node": worker_node()})
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    commit(staging, job.folder, job.shard_id)
+    return stats
+
+
+# ---------------------------------------------------------------- commit and recovery
+
+def _targets(staging: Path, shards_dir: Path) -> list[tuple[Path, Path]]:
+    """(staged file, final path) in commit order: tar, parquet, overlap, stats last."""
+    name = staging.name.split("-", 1)[0]
+    return [(staging / f"{name}.tar", shards_dir / f"{name}.tar"),
+            (staging / f"{name}.parquet", shards_dir / f"{name}.parquet"),
+            (staging / f"{name}.overlap.parquet", shards_dir / OVERLAP_DIR / f"{name}.parquet"),
+            (staging / f"{name}_stats.json", shards_dir / f"{name}_stats.json")]
+
+
+def _roll_forward(staging: Path, shards_dir: Path) -> None:
+    (shards_dir / OVERLAP_DIR).mkdir(exist_ok=True)
+    for src, dst in _targets(staging, shards_dir):
+        if src.exists():
+            os.replace(src, dst)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def commit(staging: Path, shards_dir: Path, shard_id: int) -> None:
+    """Make a staged shard final (see module doc); stale staging of the same shard is dropped first."""
+    for other in (shards_dir / WORK_DIR).glob(f"{shard_name(shard_id)}-*"):
+        if other != staging:
+            shutil.rmtree(other, ignore_errors=True)
+    (staging / COMMIT).touch()
+    _roll_forward(staging, shards_dir)
+
+
+def recover(shards_dir: Path) -> int:
+    """Finish committed staging folders of a killed run, delete uncommitted ones; return how many were finished."""
+    work = shards_dir / WORK_DIR
+    finished = 0
+    for staging in sorted(work.iterdir()) if work.is_dir() else []:
+        if (staging / COMMIT).is_file():
+            _roll_forward(staging, shards_dir)
+            finished += 1
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
+    return finished
+
+
+def done_shards(shards_dir: Path) -> set[int]:
+    """Shard ids whose commit finished (``<shard>_stats.json`` is written last)."""
+    return {int(p.name.split("_")[0]) for p in shards_dir.glob("*_stats.json") if p.name.split("_")[0].isdigit()}
+
+
+def remove_shard(shards_dir: Path, shard_id: int) -> None:
+    """Delete whatever a failed shard left in place (its stats file is never among it)."""
+    for path in (shards_dir / f"{shard_name(shard_id)}.tar", shards_dir / f"{shard_name(shard_id)}.parquet",
+                 overlap_path(shards_dir, shard_id)):
+        path.unlink(missing_ok=True)
+
+
+def overlap_from_parquet(shards_dir: Path, shard_id: int, indexes: dict[str, RobustIndex], cfg: MatchConfig,
+                         eval_fingerprint: str) -> pa.Table:
+    """Re-match a finished shard (its stored hashes) against the current eval indexes and store the rows."""
+    table = pq.read_table(shards_dir / f"{shard_name(shard_id)}.parquet", columns=MATCH_INPUT_SCHEMA.names)
+    overlap = shard_overlap(table, indexes, cfg)
+    write_overlap(overlap, overlap_path(shards_dir, shard_id), eval_fingerprint)
+    return overlap
+

