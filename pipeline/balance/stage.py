@@ -36,23 +36,21 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
-import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from pipeline.core.config import field
 from pipeline.core.errors import WitError
-from pipeline.core.io import atomic_path, checked_parts, clean_tmp, read_json, write_json, write_parquet
+from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
+from pipeline.core.io import atomic_path, checked_parts, clean_tmp, write_parquet
 from pipeline.balance.queries import QueryMatcher, build_queries, load_queries, query_hash, save_queries
 from pipeline.core.stats import StageStats
 
 STAGE = "balance"
-PARTS_DIR = "_parts"
 REJECTED_DIR = "_rejected"
 QUERIES_DIR = "_queries"
 QUERIES_FILE = "queries.json"
@@ -78,8 +76,8 @@ class BalanceConfig:
     min_bigram_count: int = field(5, help="when building the query list: least occurrences of a bigram")
     max_corpus_rows: int = field(1_000_000, help="when building the query list: input captions read for bigrams")
     write_rejected: bool = field(True, help="write dropped rows to _rejected/ (otherwise only count them)")
-    batch_rows: int = field(65_536, help="rows per record batch read from the input parts")
-    progress: bool = field(True, help="show progress bars over input parts (only on a terminal)")
+    batch_rows: int = field(65_536, key=False, help="rows per record batch read from the input parts")
+    progress: bool = field(True, key=False, help="show progress bars over input parts (only on a terminal)")
 
     def __post_init__(self) -> None:
         if self.t < 1 or self.batch_rows < 1:
@@ -102,12 +100,13 @@ def run_balance(input_dir: str | Path, out_dir: str | Path, cfg: BalanceConfig =
     qhash = query_hash(queries)
     counts = count_matches(parts, out, matcher, qhash, cfg)
     write_query_counts(out, queries, counts)
-    key = run_key(qhash, counts, cfg)
+    store, counts_key = PartStore(out, STAGE), counts_digest(qhash, counts)
+    keys = {p.name: part_key(p, counts_key, cfg) for p in parts}
     probs = keep_probabilities(counts, cfg.t)
-    done = [p for p in parts if is_done(out, p, key, cfg)]
-    for part in _progress([p for p in parts if p not in done], cfg, "balance"):
-        balance_part(part, out, matcher, probs, cfg, key)
-    stats = _total_stats(out, parts, key, cfg)
+    done = [p for p in parts if is_done(store, p, keys[p.name], cfg)]
+    for part in progress([p for p in parts if p not in done], STAGE, enabled=cfg.progress):
+        store.record(part.name, keys[part.name], balance_part(part, out, matcher, probs, cfg))
+    stats = store.total(p.name for p in parts)
     kept = kept_counts(out, parts, len(queries))
     write_query_counts(out, queries, counts, kept)
     stats.extra.update(skipped_parts=len(done), queries_source=source, t=cfg.t, seed=cfg.seed,
@@ -162,7 +161,7 @@ def counts_path(out: Path, part: Path, qhash: str) -> Path:
 def count_matches(parts: list[Path], out: Path, matcher: QueryMatcher, qhash: str, cfg: BalanceConfig) -> np.ndarray:
     """Matched pairs per query over all parts (int64[len(queries)]); per-part sparse counts are cached."""
     total = np.zeros(len(matcher), dtype=np.int64)
-    for part in _progress(parts, cfg, "balance: count"):
+    for part in progress(parts, "balance: count", enabled=cfg.progress):
         path = counts_path(out, part, qhash)
         if not path.is_file():
             write_parquet(_count_part(part, matcher, cfg.batch_rows), path)
@@ -227,9 +226,8 @@ def output_schemas(schema: pa.Schema) -> tuple[pa.Schema, pa.Schema]:
     return kept, kept.append(pa.field("reason", pa.string()))
 
 
-def balance_part(part: Path, out: Path, matcher: QueryMatcher, probs: np.ndarray, cfg: BalanceConfig,
-                 key: str) -> StageStats:
-    """Sample one part into ``out/<part>`` and ``_rejected/<part>`` (sidecar written before the renames)."""
+def balance_part(part: Path, out: Path, matcher: QueryMatcher, probs: np.ndarray, cfg: BalanceConfig) -> StageStats:
+    """Sample one part into ``out/<part>`` and ``_rejected/<part>``; the caller records it as finished."""
     stats = StageStats(STAGE, extra={"parts": 1})
     source = pq.ParquetFile(part)
     kept_schema, rej_schema = output_schemas(source.schema_arrow)
@@ -245,8 +243,6 @@ def balance_part(part: Path, out: Path, matcher: QueryMatcher, probs: np.ndarray
                 kept_w.write_table(kept.cast(kept_schema))
                 if rej_w is not None:
                     rej_w.write_table(rejected.cast(rej_schema))
-        sidecar = {"key": key, "input": part_fingerprint(part), "stats": stats.to_dict()}
-        write_json(sidecar_path(out, part.name), sidecar)
     if not cfg.write_rejected:
         rej_target.unlink(missing_ok=True)  # stale output of an earlier run that wrote them
     return stats
@@ -275,33 +271,21 @@ def balance_batch(batch: pa.RecordBatch, matcher: QueryMatcher, probs: np.ndarra
 
 # ----------------------------------------------------------------------------------- resume and totals
 
-def run_key(qhash: str, counts: np.ndarray, cfg: BalanceConfig) -> str:
-    """What a part's decisions depend on: query list, global counts, ``t``, seed, and whether rejects are written."""
-    h = hashlib.sha256(f"{qhash}|{cfg.t}|{cfg.seed}|{cfg.write_rejected}|".encode())
+def counts_digest(qhash: str, counts: np.ndarray) -> str:
+    """What every part's decisions share: the query list and the global per-query counts."""
+    h = hashlib.sha256(qhash.encode())
     h.update(np.ascontiguousarray(counts, dtype=np.int64).tobytes())
     return h.hexdigest()[:16]
 
 
-def sidecar_path(out: Path, name: str) -> Path:
-    return out / PARTS_DIR / f"{Path(name).stem}.stats.json"
+def part_key(part: Path, counts_key: str, cfg: BalanceConfig) -> str:
+    return run_key(STAGE, cfg, [file_identity(part)], extra={"counts": counts_key})
 
 
-def is_done(out: Path, part: Path, key: str, cfg: BalanceConfig) -> bool:
-    """Finished: outputs and sidecar exist, made under the same ``run_key`` from the same input part."""
-    name = part.name
-    files = [out / name, sidecar_path(out, name)] + ([out / REJECTED_DIR / name] if cfg.write_rejected else [])
-    if not all(p.is_file() for p in files):
-        return False
-    sidecar = read_json(sidecar_path(out, name))
-    return sidecar.get("key") == key and sidecar.get("input") == part_fingerprint(part)
-
-
-def _total_stats(out: Path, parts: list[Path], key: str, cfg: BalanceConfig) -> StageStats:
-    stats = StageStats(STAGE, extra={"parts": 0})
-    for part in parts:
-        if is_done(out, part, key, cfg):
-            stats.merge(StageStats.from_dict(read_json(sidecar_path(out, part.name))["stats"]))
-    return stats
+def is_done(store: PartStore, part: Path, key: str, cfg: BalanceConfig) -> bool:
+    """Finished with this run key (options, query list, global counts, the input part's identity)."""
+    outputs = [store.out / part.name] + ([store.out / REJECTED_DIR / part.name] if cfg.write_rejected else [])
+    return store.finished(part.name, key, outputs)
 
 
 def kept_counts(out: Path, parts: list[Path], n_queries: int) -> np.ndarray:
@@ -329,7 +313,3 @@ def distribution(queries: list[str], before: np.ndarray, after: np.ndarray, t: i
     return {"queries": len(queries), "before": summary(before), "after": summary(after),
             "head_before": head(np.argsort(-before, kind="stable")),
             "head_after": head(np.argsort(-after, kind="stable"))}
-
-
-def _progress(parts: list[Path], cfg: BalanceConfig, desc: str) -> Iterable[Path]:
-    return tqdm(parts, desc=desc, unit="part", file=sys.stderr, disable=not (cfg.progress and sys.stderr.isatty()))

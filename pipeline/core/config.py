@@ -19,11 +19,19 @@ from pipeline.core.errors import WitError
 C = TypeVar("C")
 
 
-def field(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with a help text (shown by ``wit <stage> --help``)."""
+def field(default: Any, help: str, key: bool = True, **kw: Any) -> Any:
+    """A dataclass field with a help text (shown by ``wit <stage> --help``). ``key=False`` marks an option
+    that does not change a stage's output (workers, progress, addresses): it is left out of run keys."""
+    meta = {"help": help, "key": key}
     if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
-    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
+    return dataclasses.field(default=default, metadata=meta, **kw)
+
+
+def output_options(cfg: Any) -> dict[str, Any]:
+    """The options of a config that change a stage's output (what run keys hash), JSON-friendly."""
+    return {f.name: to_dict(v) if dataclasses.is_dataclass(v := getattr(cfg, f.name)) else v
+            for f in dataclasses.fields(cfg) if f.metadata.get("key", True)}
 
 
 def _base_type(tp: Any) -> Any:

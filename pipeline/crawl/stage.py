@@ -28,7 +28,6 @@ import hashlib
 import io
 import os
 import re
-import sys
 import zlib
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
@@ -37,7 +36,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 from warcio.archiveiterator import ArchiveIterator
 from warcio.exceptions import ArchiveLoadFailed
 from warcio.recordloader import ArcWarcRecord
@@ -48,7 +46,8 @@ from pipeline.core.errors import WitError
 from pipeline.crawl.extract import (WAT_DECODER_AVAILABLE, CorruptRecord, ImageColumns, ImageRef, decode_html, decode_wat,
                               html_images, make_uid, parse_wat, wat_batch, wat_columns, wat_images)
 from pipeline.core.executor import QUIET_ENV, Resources, ray_session, submit_bounded
-from pipeline.core.io import atomic_path, clean_tmp, read_json, write_json
+from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
+from pipeline.core.io import atomic_path, clean_tmp
 from pipeline.core.stats import StageStats
 
 try:  # ISA-L inflates about twice as fast as zlib, and reads gzip members in C; optional
@@ -62,7 +61,6 @@ except ImportError:  # pragma: no cover - depends on the environment
     _INFLATE_ERRORS = (zlib.error,)
 
 STAGE = "crawl"
-PARTS_DIR = "_parts"
 SCHEMA = pa.schema([(name, pa.string()) for name in
                     ("uid", "url", "caption", "page_url", "source", "caption_attr")])
 HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -110,19 +108,19 @@ class _NotWarc(Exception):
 class CrawlConfig:
     """Options of the crawl stage."""
 
-    batch_rows: int = field(10_000, help="candidate rows buffered before a parquet row group is written")
+    batch_rows: int = field(10_000, key=False, help="candidate rows buffered before a parquet row group is written")
     max_html_bytes: int = field(5_000_000, help="read at most this many bytes of one HTML page")
     max_record_bytes: int = field(50_000_000, help="a WAT record longer than this is counted as corrupt")
     max_caption_chars: int = field(2_000, help="drop alt texts longer than this (reason caption_too_long)")
     title_fallback: bool = field(True, help="use the <img title> as caption when alt is empty")
-    progress: bool = field(True, help="show a progress bar over input files (only on a terminal)")
-    paths_prefix: str = field(COMMON_CRAWL, help="base URL or folder of the relative paths in *.paths(.gz) listings")
-    max_inputs: int = field(0, help="crawl only the first N input archives (0 = all), e.g. a sample of a listing")
-    workers: int = field(0, help="archives crawled in parallel on Ray (0 = one per CPU of the Ray cluster; "
+    progress: bool = field(True, key=False, help="show a progress bar over input files (only on a terminal)")
+    paths_prefix: str = field(COMMON_CRAWL, key=False, help="base URL or folder of the relative paths in *.paths(.gz) listings")
+    max_inputs: int = field(0, key=False, help="crawl only the first N input archives (0 = all), e.g. a sample of a listing")
+    workers: int = field(0, key=False, help="archives crawled in parallel on Ray (0 = one per CPU of the Ray cluster; "
                                  "1 = one at a time in this process, without Ray)")
-    ray_min_files: int = field(4, help="with fewer archives left to crawl, crawl in this process "
+    ray_min_files: int = field(4, key=False, help="with fewer archives left to crawl, crawl in this process "
                                        "(Ray takes seconds to start)")
-    ray_address: str | None = field(None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    ray_address: str | None = field(None, key=False, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
 
     def __post_init__(self) -> None:
         if min(self.batch_rows, self.max_html_bytes, self.max_record_bytes, self.max_caption_chars) < 1:
@@ -141,7 +139,8 @@ def run_crawl(inputs: list[str], out_dir: str | Path, cfg: CrawlConfig = CrawlCo
     out.mkdir(parents=True, exist_ok=True)
     clean_tmp(out)
     clean_tmp(out / PARTS_DIR)
-    todo = [(src, str(out / part_name(src))) for src in sources if not is_done(out / part_name(src))]
+    store = PartStore(out, STAGE)
+    todo = [(src, str(out / part_name(src))) for src in sources if not is_done(store, src, cfg)]
     if use_ray(cfg, len(todo)):
         failed = crawl_on_ray(todo, cfg)
     else:
@@ -149,7 +148,7 @@ def run_crawl(inputs: list[str], out_dir: str | Path, cfg: CrawlConfig = CrawlCo
     if failed and len(failed) == len(sources):
         more = f" (and {len(failed) - 1} more failed inputs)" if len(failed) > 1 else ""
         raise WitError(failed[0] + more)
-    stats = _total_stats(out, sources, len(sources) - len(todo), failed)
+    stats = _total_stats(store, sources, cfg, len(sources) - len(todo), failed)
     stats.write(out)
     return stats
 
@@ -313,14 +312,15 @@ def part_name(source: str | Path) -> str:
     return f"part-{stem}-{digest}.parquet"
 
 
-def sidecar_path(part: Path) -> Path:
-    """Where the stats of one finished part are kept (``_parts/`` is ignored by parquet readers)."""
-    return part.parent / PARTS_DIR / f"{part.stem}.stats.json"
+def part_key(source: str, cfg: CrawlConfig) -> str:
+    """The run key of an archive's part: the output options and the archive's path, size and mtime (or ETag)."""
+    return run_key(STAGE, cfg, [file_identity(source)])
 
 
-def is_done(part: Path) -> bool:
-    """A part is finished when both it and its stats sidecar exist."""
-    return part.is_file() and sidecar_path(part).is_file()
+def is_done(store: PartStore, source: str, cfg: CrawlConfig) -> bool:
+    """Finished from this very archive content with these options (else it is crawled again)."""
+    name = part_name(source)
+    return store.finished(name, part_key(source, cfg), [store.out / name])
 
 
 # ---------------------------------------------------------------- one archive
@@ -329,6 +329,7 @@ def crawl_file(source: str | Path, part: Path, cfg: CrawlConfig = CrawlConfig())
     """Crawl one archive into ``part`` (atomically, sidecar first); CorruptArchive leaves nothing behind."""
     stats = StageStats(STAGE, extra={k: 0 for k in _COUNTERS})
     source = str(source)
+    key = part_key(source, cfg)
     with atomic_path(part) as tmp:
         with _PartWriter(tmp, cfg.batch_rows, source) as writer:
             wat = _WatRun()
@@ -342,7 +343,8 @@ def crawl_file(source: str | Path, part: Path, cfg: CrawlConfig = CrawlConfig())
                 page_url, refs = _record_refs(record, cfg, stats)
                 _emit(writer, page_url, refs, cfg, stats)
             _wat_records(wat, writer, cfg, stats)
-        write_json(sidecar_path(part), {**stats.to_dict(), "source": source})
+        stats.extra["source"] = source
+        PartStore(part.parent, STAGE).record(part.name, key, stats)
     return stats
 
 
@@ -859,18 +861,16 @@ class _PartWriter:
         self._writer.close()
 
 
-def _total_stats(out: Path, sources: list[str], skipped: int, failed: list[str]) -> StageStats:
+def _total_stats(store: PartStore, sources: list[str], cfg: CrawlConfig, skipped: int, failed: list[str]
+                 ) -> StageStats:
     """Sum the sidecars of every finished part of ``sources`` (this run's and earlier runs')."""
     stats = StageStats(STAGE, extra={k: 0 for k in _COUNTERS})
     for source in sources:
-        part = out / part_name(source)
-        if is_done(part):
-            stats.merge(StageStats.from_dict(read_json(sidecar_path(part))))
+        if is_done(store, source, cfg):
+            stats.merge(store.stats(part_name(source)))
     stats.extra.update(files=len(sources), skipped_files=skipped, failed_files=failed)
     return stats
 
 
 def _progress(items: Iterable[Any], cfg: CrawlConfig, total: int | None = None) -> Iterable[Any]:
-    """``items`` wrapped in a tqdm bar on stderr when it is a terminal."""
-    return tqdm(items, desc=STAGE, unit="file", file=sys.stderr, total=total,
-                disable=not (cfg.progress and sys.stderr.isatty()))
+    return progress(items, STAGE, "file", total=total, enabled=cfg.progress)

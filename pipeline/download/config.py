@@ -9,7 +9,7 @@ import ipaddress
 from typing import Any, Protocol
 
 from dedup.match import MAX_DCT_DISTANCE, MAX_DISTANCE, MatchConfig
-from pipeline.core.config import field
+from pipeline.core.config import field, output_options
 from pipeline.core.errors import WitError
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
@@ -46,18 +46,18 @@ class DownloadConfig:
     number_sample_per_shard: int = field(10000, help="URLs per shard (a tar holds the successful ones)")
     keep_columns: tuple[str, ...] = field(("uid", "page_url"), help="input columns kept in the shard metadata "
                                                                     "(besides url and caption), when present")
-    processes_count: int = field(0, help="CPUs of a local Ray started by this stage (0: all)")
-    thread_count: int = field(64, help="download threads per shard task")
-    timeout: float = field(10.0, help="seconds one image may take in all (redirects and a slowly dripping "
+    processes_count: int = field(0, key=False, help="CPUs of a local Ray started by this stage (0: all)")
+    thread_count: int = field(64, key=False, help="download threads per shard task")
+    timeout: float = field(10.0, key=False, help="seconds one image may take in all (redirects and a slowly dripping "
                                       "body included); slower ones fail with reason timeout")
-    connect_timeout: float = field(5.0, help="seconds to wait for a TCP/TLS connection")
-    read_timeout: float = field(5.0, help="seconds to wait for the next bytes of a response")
-    retries: int = field(0, help="extra attempts per image, only after a retryable failure "
+    connect_timeout: float = field(5.0, key=False, help="seconds to wait for a TCP/TLS connection")
+    read_timeout: float = field(5.0, key=False, help="seconds to wait for the next bytes of a response")
+    retries: int = field(0, key=False, help="extra attempts per image, only after a retryable failure "
                                  "(timeout, connection error, truncated body, HTTP 429/5xx)")
-    retry_failed: bool = field(False, help="on a finished folder: re-fetch only the URLs that failed with a "
+    retry_failed: bool = field(False, key=False, help="on a finished folder: re-fetch only the URLs that failed with a "
                                            "retryable reason and merge the new samples into their shards")
-    shard_retries: int = field(2, help="re-runs of a shard task that raised or whose worker died")
-    max_per_host: int = field(8, help="concurrent requests to one host, per download task (one task per "
+    shard_retries: int = field(2, key=False, help="re-runs of a shard task that raised or whose worker died")
+    max_per_host: int = field(8, key=False, help="concurrent requests to one host, per download task (one task per "
                                       "worker process: a host sees at most max_per_host x workers)")
     max_redirects: int = field(5, help="redirects followed per image (each hop re-checked by the address guard)")
     max_image_bytes: int = field(16 << 20, help="largest image body in bytes (larger: reason too_large)")
@@ -80,7 +80,7 @@ class DownloadConfig:
                                                          "256-bit DCT sign hashes differ in at most this many bits")
     drop_eval_duplicates: bool = field(False, help="leave eval near-duplicates out of the shards (reason "
                                                    "eval_duplicate) instead of only listing them in overlap/")
-    ray_address: str | None = field(None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    ray_address: str | None = field(None, key=False, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
 
     def validate(self) -> None:
         """Raise ``WitError`` for an option out of range."""
@@ -109,8 +109,9 @@ class DownloadConfig:
                 raise WitError(f"DownloadConfig: allowed_networks: {net!r} is not an address or CIDR") from None
 
     def shard_options(self) -> dict[str, Any]:
-        """The options that decide what a finished shard contains (part of the plan fingerprint)."""
-        return {n: getattr(self, n) for n in (*SHARD_OPTIONS, "drop_eval_duplicates")}
+        """The options that decide what a finished shard contains (part of the plan fingerprint): all but
+        those marked ``key=False`` (parallelism, timeouts and retries, whose failures ``retry_failed`` redoes)."""
+        return output_options(self)
 
     def match_config(self) -> MatchConfig:
         """The eval near-duplicate detector's thresholds (:mod:`dedup.match`)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shutil
 import json
 import logging
 import math
@@ -139,9 +140,29 @@ def open_plan(input_dir: Path, shards_dir: Path, cfg: ShardShaping) -> tuple[lis
     if record is not None:
         log.info("%s: reusing the download plan of an earlier run", shards_dir)
     elif _has_shards(shards_dir):
-        raise WitError(f"{shards_dir}: holds shards built from other input or options; "
-                       "delete it or choose another folder")
+        log.warning("%s: shards built from other input or options (%s): rebuilding them", shards_dir,
+                    _changes(shards_dir, cfg))
+        clear_shards(shards_dir)
     return files, digest, record
+
+
+def _changes(shards_dir: Path, cfg: ShardShaping) -> str:
+    """``name: old -> new`` for each output option that differs from the stored plan's, else 'input changed'."""
+    plan_file = shards_dir / PLAN_DIR / PLAN_FILE
+    old = read_json(plan_file).get("options", {}) if plan_file.is_file() else {}
+    new = json.loads(json.dumps(cfg.shard_options(), default=str))
+    changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in sorted(new.items()) if k in old and old[k] != v]
+    return ", ".join(changed) or "input or options changed"
+
+
+def clear_shards(shards_dir: Path) -> None:
+    """Remove a shard folder's shards, their stats, eval overlap rows and plan (not other files)."""
+    for path in shards_dir.iterdir():
+        stem = path.name.split(".")[0].split("_")[0]
+        if path.is_file() and (stem.isdigit() or path.name in ("sizes.json", "_stats.json")):
+            path.unlink()
+    for sub in (PLAN_DIR, "_overlap"):
+        shutil.rmtree(shards_dir / sub, ignore_errors=True)
 
 
 def save_plan_record(shards_dir: Path, digest: str, record: dict[str, Any]) -> None:
@@ -155,6 +176,6 @@ def make_plan(input_dir: Path, shards_dir: Path, cfg: DownloadConfig) -> Plan:
     urls = shards_dir / PLAN_DIR / URLS_FILE
     if record is None:
         inputs = stage_urls(files, staged_schema(files, cfg.keep_columns), urls, cfg.number_sample_per_shard)
-        record = {"inputs": inputs, "per_shard": cfg.number_sample_per_shard}
+        record = {"inputs": inputs, "per_shard": cfg.number_sample_per_shard, "options": cfg.shard_options()}
         save_plan_record(shards_dir, digest, record)
     return Plan(urls, record["inputs"], record["per_shard"])

