@@ -44,6 +44,7 @@ from pipeline.core.config import field
 from pipeline.core.errors import WitError
 from pipeline.core.io import atomic_path, clean_tmp, read_json, write_json, write_parquet
 from pipeline.core.stats import StageStats
+from pipeline.core.lock import locked
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,7 @@ def _check_out_dir(tars: list[Path], out_dir: Path, mode: str) -> None:
         raise WitError(f"{out_dir}: the output folder holds the input shards; choose another --out")
 
 
+@locked('dedup', 'out_dir')
 def run_dedup(shards: str | os.PathLike | Sequence[str | os.PathLike], evals: dict[str, str | os.PathLike],
               out_dir: str | os.PathLike, cfg: DedupConfig | None = None) -> StageStats:
     """Match (and in drop mode remove) eval near-duplicates in WebDataset shards (see module doc)."""

@@ -49,6 +49,7 @@ from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, r
 from pipeline.core.io import atomic_path, checked_parts, clean_tmp, write_parquet
 from pipeline.balance.queries import QueryMatcher, build_queries, load_queries, query_hash, save_queries
 from pipeline.core.stats import StageStats
+from pipeline.core.lock import locked
 
 STAGE = "balance"
 REJECTED_DIR = "_rejected"
@@ -86,6 +87,7 @@ class BalanceConfig:
             raise WitError("BalanceConfig: n_unigrams, n_bigrams, max_corpus_rows must be >= 0, min_bigram_count >= 1")
 
 
+@locked('balance', 'out_dir')
 def run_balance(input_dir: str | Path, out_dir: str | Path, cfg: BalanceConfig = BalanceConfig()) -> StageStats:
     """Balance the pairs of ``input_dir`` into ``out_dir`` (see the module doc)."""
     parts = input_parts(input_dir)

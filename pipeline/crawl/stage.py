@@ -49,6 +49,7 @@ from pipeline.core.executor import QUIET_ENV, Resources, ray_session, submit_bou
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
 from pipeline.core.io import atomic_path, clean_tmp
 from pipeline.core.stats import StageStats
+from pipeline.core.lock import locked
 
 try:  # ISA-L inflates about twice as fast as zlib, and reads gzip members in C; optional
     from isal import igzip as _gzip
@@ -130,6 +131,7 @@ class CrawlConfig:
             raise WitError("CrawlConfig: max_inputs, workers and ray_min_files must be >= 0")
 
 
+@locked('crawl', 'out_dir')
 def run_crawl(inputs: list[str], out_dir: str | Path, cfg: CrawlConfig = CrawlConfig()) -> StageStats:
     """Extract image/alt-text candidates from every archive in ``inputs`` (files, globs, folders, URLs, listings)."""
     sources = expand_inputs(inputs, cfg.paths_prefix)

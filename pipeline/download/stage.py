@@ -49,6 +49,7 @@ from pipeline.download.shard import (OVERLAP_SCHEMA, ShardJob, done_shards, down
 from pipeline.core.io import clean_tmp, read_json, write_json, write_parquet
 from pipeline.core.executor import Resources, ray_session, set_quiet_env, submit_bounded
 from pipeline.core.stats import StageStats
+from pipeline.core.lock import locked
 
 __all__ = ["DownloadConfig", "run_download", "error_reason"]
 
@@ -197,6 +198,7 @@ def write_outputs(plan: Plan, shards_dir: Path, overlap_dir: Path, indexes: dict
     return stats
 
 
+@locked('download', 'shards_dir')
 def run_download(input_dir: str | os.PathLike, shards_dir: str | os.PathLike, cfg: DownloadConfig | None = None,
                  eval_indexes: dict[str, Path] | None = None, overlap_dir: str | os.PathLike | None = None
                  ) -> StageStats:

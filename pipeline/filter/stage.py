@@ -34,6 +34,7 @@ from pipeline.core.errors import WitError
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
 from pipeline.core.io import TMP_PREFIX, atomic_path, checked_parts, clean_tmp
 from pipeline.core.stats import StageStats
+from pipeline.core.lock import locked
 
 STAGE = "filter"
 REQUIRED_COLUMNS = ("url", "caption")
@@ -94,6 +95,7 @@ def build_rules(cfg: FilterConfig) -> list[Rule]:
     return [make[name]() for name in RULE_ORDER if name in cfg.rules]
 
 
+@locked('filter', 'out_dir')
 def run_filter(input_dir: str | Path, out_dir: str | Path, cfg: FilterConfig = FilterConfig()) -> StageStats:
     """Filter every candidate part of ``input_dir`` into ``out_dir/kept`` and ``out_dir/rejected``."""
     parts = input_parts(input_dir)
