@@ -7,6 +7,7 @@ redirects followed by hand, at most ``max_redirects``; connect/read timeouts plu
 whole image (a body dripping in slowly fails as ``timeout``); a byte cap (``too_large``, checked against
 Content-Length first); ``X-Robots-Tag`` opt-outs (``opted_out``). Connections are kept alive and reused.
 Retryable failures (see :mod:`pipeline.download_reasons`) are retried ``retries`` times with a backoff.
+Non-string URLs are ``bad_type``, malformed ones ``bad_url``: a per-row failure, never the shard's.
 """
 from __future__ import annotations
 
@@ -118,8 +119,9 @@ class Fetcher:
     def close(self) -> None:
         self.pool.clear()
 
-    def fetch(self, url: str) -> Fetched:
+    def fetch(self, url: Any) -> Fetched:
         """The body at ``url``, retrying retryable failures ``retries`` times (0.5 s, 1 s, 2 s... apart)."""
+        url = url.strip() if isinstance(url, str) else url
         for attempt in range(self.opts.retries + 1):
             try:
                 return Fetched(self._fetch_once(url), attempts=attempt + 1)
@@ -130,12 +132,12 @@ class Fetcher:
             time.sleep(min(4.0, 0.5 * 2 ** attempt))
         raise AssertionError("unreachable")
 
-    def _fetch_once(self, url: str) -> bytes:
+    def _fetch_once(self, url: Any) -> bytes:
         deadline = time.monotonic() + self.opts.total_timeout
         for _ in range(self.opts.max_redirects + 1):
             refusal = netguard.url_refusal(url, self.opts.policy)
             if refusal is not None:
-                raise Dropped(refusal, f"refused ({refusal}): {url[:200]}")
+                raise Dropped(refusal, f"refused ({refusal}): {_shown(url)}")
             body = self._get(url, deadline)
             if isinstance(body, bytes):
                 return body
@@ -195,6 +197,11 @@ class Fetcher:
             if time.monotonic() > deadline:
                 raise Dropped("timeout", f"timed out: image not complete within {self.opts.total_timeout:g} s")
         return bytes(body)
+
+
+def _shown(url: Any) -> str:
+    """``url`` for an error message: as is when a printable string, else its repr; at most 200 characters."""
+    return (url if isinstance(url, str) and url.isprintable() else repr(url))[:200]
 
 
 def _one_line(exc: BaseException) -> str:
