@@ -18,6 +18,8 @@ from downloadsite import local_ray  # noqa: F401  (fixture: this module's local 
 from faultserver import FaultServer, _Handler, jpeg_bytes, smooth_image
 
 from pipeline.download import DownloadConfig, run_download
+from pipeline.download_fetch import FetchOptions, Fetcher, retry_after_seconds, retry_delay
+from pipeline.download_reasons import Dropped
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -111,3 +113,68 @@ def test_non_string_urls_are_bad_type(tmp_path: Path) -> None:
     assert stats.extra["failed_shards"] == 0 and stats.accounted(), stats.extra
     assert (stats.kept, dict(stats.dropped)) == (0, {"bad_type": 4, "bad_url": 1})
     assert {r["reason"] for r in shard_rows(tmp_path / "shards").values()} == {"bad_type", "bad_url"}
+
+
+# ---------------------------------------------------------------- retries
+
+def fetcher(retries: int, **kw: Any) -> Fetcher:
+    opts = FetchOptions.from_config(config(retries=retries))
+    return Fetcher(dataclasses.replace(opts, **kw), pool_size=4)
+
+
+def fetch(url: str, retries: int, **kw: Any) -> Any:
+    f = fetcher(retries, **kw)
+    try:
+        return f.fetch(url)
+    finally:
+        f.close()
+
+
+@pytest.mark.parametrize("wait", ["1", "date2"])
+def test_retry_after_is_honoured(server: FaultServer, wait: str) -> None:
+    path = f"/later/1/{wait}/g4"
+    fetched = fetch(server.url(path), retries=2)
+    assert fetched.data is not None and fetched.attempts == 2, fetched
+    first, second = LaterHandler.times[path]
+    assert second - first >= 0.95  # an HTTP-date has whole seconds: 2 s ahead is at least 1 s
+
+
+def test_retry_after_over_the_cap_ends_the_retries(server: FaultServer) -> None:
+    started = time.monotonic()
+    fetched = fetch(server.url("/later/1/30/g5"), retries=2, max_retry_after=5)
+    assert (fetched.reason, fetched.attempts) == ("http_429", 1) and time.monotonic() - started < 5
+    assert server.state.hits["/later/1/30/g5"] == 1
+
+
+@pytest.mark.parametrize("code", [404, 410])
+def test_gone_is_never_retried(server: FaultServer, code: int) -> None:
+    path = f"/status/{code}?r=retry"
+    fetched = fetch(server.url(path), retries=3)
+    assert (fetched.reason, fetched.attempts) == (f"http_{code}", 1) and server.state.hits[path] == 1
+
+
+def test_server_and_connection_errors_back_off(server: FaultServer) -> None:
+    fetched = fetch(server.url("/flaky/2/g0?r=backoff"), retries=2)
+    assert fetched.data is not None and fetched.attempts == 3
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens there once closed
+    fetched = fetch(f"http://127.0.0.1:{closed}/x.jpg", retries=1)
+    assert (fetched.reason, fetched.attempts) == ("connection_error", 2), fetched
+
+
+def test_retry_delays() -> None:
+    assert retry_delay(Dropped("http_404", "HTTP Error 404"), 0, 60) is None
+    assert retry_delay(Dropped("http_429", "HTTP Error 429", retry_after=120), 0, 60) is None
+    assert 3 <= retry_delay(Dropped("http_429", "HTTP Error 429", retry_after=3), 0, 60) <= 3.5  # type: ignore
+    for attempt, (low, high) in enumerate([(0.25, 0.5), (0.5, 1), (1, 2), (2, 4), (4, 8), (4, 8)]):
+        delays = {retry_delay(Dropped("timeout", "timed out"), attempt, 60) for _ in range(20)}
+        assert all(low <= d <= high for d in delays) and len(delays) > 1, (attempt, delays)  # type: ignore
+
+
+def test_retry_after_values() -> None:
+    now = time.time()
+    assert retry_after_seconds("120") == 120 and retry_after_seconds(" 3 ") == 3
+    assert 29 <= retry_after_seconds(formatdate(now + 30, usegmt=True), now) <= 30  # type: ignore
+    assert retry_after_seconds(formatdate(now - 30, usegmt=True), now) == 0
+    assert [retry_after_seconds(v) for v in (None, "", "soon", "-5", "1.5")] == [None] * 5
