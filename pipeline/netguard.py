@@ -232,8 +232,10 @@ def pinned_addresses(host: str, port: int, policy: AddressPolicy) -> list[str]:
     infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     refused = [a for a in addresses if not policy.permits(a)]
-    if refused or not addresses:
-        raise PrivateAddressError(f"private address refused: {host} -> {refused[0] if refused else 'nothing'}")
+    if refused:
+        raise PrivateAddressError(f"private address refused: {host} -> {refused[0]}")
+    if not addresses:
+        raise socket.gaierror(socket.EAI_NONAME, f"{host}: no address")
     return addresses
 
 

@@ -169,6 +169,8 @@ NOTHING_PRIVATE = netguard.AddressPolicy()
     ("http://127.1/x.jpg", "private_address"),
     ("http://10.1/x.jpg", "private_address"),
     ("http://127.0.0.1./x.jpg", "private_address"),
+    ("http://0/x.jpg", "private_address"),  # 0.0.0.0: this host on Linux
+    ("http://[::]/x.jpg", "private_address"),
     ("http://134744072/x.jpg", "bad_url"),  # 8.8.8.8, but not canonical either
     ("http://8.8.010.8/x.jpg", "bad_url"),
     ("http://1.2.3.4.5/x.jpg", "bad_url"),
