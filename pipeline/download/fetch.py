@@ -6,14 +6,21 @@ worker process, so a host sees at most ``max_per_host`` x workers); an identifia
 redirects followed by hand, at most ``max_redirects``; connect/read timeouts plus a deadline for the
 whole image (a body dripping in slowly fails as ``timeout``); a byte cap (``too_large``, checked against
 Content-Length first); ``X-Robots-Tag`` opt-outs (``opted_out``). Connections are kept alive and reused.
-Retryable failures (see :mod:`pipeline.download.reasons`) are retried ``retries`` times with a backoff.
+Retryable failures (see :mod:`pipeline.download.reasons`: 429, 5xx, timeouts, connection errors) are
+retried ``retries`` times after the server's ``Retry-After`` (seconds or HTTP-date) when it sends one, else
+after an exponential backoff with jitter; a ``Retry-After`` over :data:`MAX_RETRY_AFTER` ends the retries
+(the row keeps its retryable reason for ``retry_failed``): never asking sooner than the server said.
+Non-string URLs are ``bad_type``, malformed ones ``bad_url``: a per-row failure, never the shard's.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import email.utils
 import http.client
 import itertools
+import random
+import re
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -34,6 +41,8 @@ REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 VALUED_DIRECTIVES = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
 FETCH_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError, ValueError)
 OPTED_OUT_MESSAGE = "Use of image disallowed by X-Robots-Tag directive"
+MAX_RETRY_AFTER = 60.0  # seconds; a longer Retry-After is not waited for (no retry); a shorter one gets a jitter
+BACKOFF_BASE, BACKOFF_MAX = 0.5, 8.0  # seconds: attempt n waits 2**n x base (at most max), jittered in [1/2, 1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +58,7 @@ class FetchOptions:
     max_per_host: int
     retries: int
     policy: netguard.AddressPolicy
+    max_retry_after: float = MAX_RETRY_AFTER
 
     @classmethod
     def from_config(cls, cfg: DownloadConfig) -> "FetchOptions":
@@ -100,6 +110,31 @@ class HostLimiter:
             yield
 
 
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header value asks to wait (delta-seconds or an HTTP-date, a past date is 0);
+    None when absent or unreadable."""
+    value = (value or "").strip()
+    if re.fullmatch(r"[0-9]+", value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def retry_delay(exc: Dropped, attempt: int, max_retry_after: float) -> float | None:
+    """Seconds to wait before retrying after failure ``exc`` of attempt ``attempt`` (0-based); None: no retry."""
+    if not is_retryable(exc.reason):
+        return None
+    if exc.retry_after is not None:
+        return exc.retry_after + random.uniform(0, BACKOFF_BASE) if exc.retry_after <= max_retry_after else None
+    step = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** attempt)
+    return random.uniform(step / 2, step)
+
+
 def _host_key(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port or ''}"
@@ -118,24 +153,26 @@ class Fetcher:
     def close(self) -> None:
         self.pool.clear()
 
-    def fetch(self, url: str) -> Fetched:
-        """The body at ``url``, retrying retryable failures ``retries`` times (0.5 s, 1 s, 2 s... apart)."""
+    def fetch(self, url: Any) -> Fetched:
+        """The body at ``url``, retrying retryable failures ``retries`` times (see :func:`retry_delay`)."""
+        url = url.strip() if isinstance(url, str) else url
         for attempt in range(self.opts.retries + 1):
             try:
                 return Fetched(self._fetch_once(url), attempts=attempt + 1)
             except Dropped as exc:
                 failure = Fetched(None, str(exc), exc.reason, attempt + 1)
-            if not is_retryable(failure.reason) or attempt == self.opts.retries:
+                delay = retry_delay(exc, attempt, self.opts.max_retry_after)
+            if delay is None or attempt == self.opts.retries:
                 return failure
-            time.sleep(min(4.0, 0.5 * 2 ** attempt))
+            time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _fetch_once(self, url: str) -> bytes:
+    def _fetch_once(self, url: Any) -> bytes:
         deadline = time.monotonic() + self.opts.total_timeout
         for _ in range(self.opts.max_redirects + 1):
             refusal = netguard.url_refusal(url, self.opts.policy)
             if refusal is not None:
-                raise Dropped(refusal, f"refused ({refusal}): {url[:200]}")
+                raise Dropped(refusal, f"refused ({refusal}): {_shown(url)}")
             body = self._get(url, deadline)
             if isinstance(body, bytes):
                 return body
@@ -177,7 +214,8 @@ class Fetcher:
             return urljoin(url, location.strip())
         if not 200 <= status < 300:
             message = f"HTTP Error {status}: {response.reason or ''}".strip()
-            raise Dropped(error_reason("failed_to_download", message), message)
+            raise Dropped(error_reason("failed_to_download", message), message,
+                          retry_after=retry_after_seconds(response.headers.get("Retry-After")))
         if self.opts.directives and opted_out(response.headers.getlist("X-Robots-Tag"), self.opts.robots_token,
                                               self.opts.directives):
             raise Dropped("opted_out", OPTED_OUT_MESSAGE)
@@ -195,6 +233,11 @@ class Fetcher:
             if time.monotonic() > deadline:
                 raise Dropped("timeout", f"timed out: image not complete within {self.opts.total_timeout:g} s")
         return bytes(body)
+
+
+def _shown(url: Any) -> str:
+    """``url`` for an error message: as is when a printable string, else its repr; at most 200 characters."""
+    return (url if isinstance(url, str) and url.isprintable() else repr(url))[:200]
 
 
 def _one_line(exc: BaseException) -> str:

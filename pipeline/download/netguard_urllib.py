@@ -2,28 +2,28 @@
 
 Two layers, both off when ``allow_private_networks`` is set:
 
-1. :func:`screen_urls` (driver, before downloading): refuses URLs that are not http(s) or whose host
-   is, or resolves to (``getaddrinfo``, cached per host, any address), a non-global address:
-   loopback, RFC 1918, link-local (incl. the cloud metadata service 169.254.169.254), CGNAT,
-   multicast, reserved, IPv4-mapped forms of these. Unresolvable hosts pass (the download then
-   fails with ``dns_error``).
-2. :func:`set_guard` (each download worker): a urllib opener whose connections check the peer
-   address after connecting, so redirects and DNS rebinding cannot reach a private host either;
-   such fetches fail with "private address refused".
+1. :func:`screen_urls` (driver, before downloading): :func:`pipeline.download.netguard.url_refusal` of each URL
+   (malformed URLs, non-canonical IPv4 literals and hosts with ``%`` refused before any DNS lookup; then
+   every address the host resolves to checked, cached per host).
+2. :func:`set_guard` (each download worker): a urllib opener whose connections resolve the host, refuse
+   it unless every address is permitted (before any packet is sent), then connect to those addresses only,
+   never resolving again, so redirects and DNS rebinding cannot reach a private host either; such fetches
+   fail with "private address refused". The Host header, SNI and certificate checks keep the host name.
 
-URL parsing, the address test and the error type are :mod:`pipeline.download.netguard`'s (the default engine's guard).
+URL parsing, the address policy and the error type are :mod:`pipeline.download.netguard`'s (the default engine's guard).
 """
 from __future__ import annotations
 
+import functools
 import http.client
-import ipaddress
 import socket
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
 
-from pipeline.download.netguard import (ALLOWED_SCHEMES, BAD_URL, PRIVATE_ADDRESS, PrivateAddressError, is_public_ip,
-                               url_host)
+from pipeline.download.netguard import (ALLOWED_SCHEMES, BAD_URL, PRIVATE_ADDRESS, AddressPolicy, PrivateAddressError,
+                               host_refusal, is_public_ip, pinned_addresses, url_host)
+from pipeline.download.netguard import resolve as _resolve
+from pipeline.download.netguard import screen_urls as _screen_urls
 
 __all__ = ["ALLOWED_SCHEMES", "BAD_URL", "PRIVATE_ADDRESS", "PrivateAddressError", "host_is_private", "is_public_ip",
            "resolve", "screen_urls", "set_guard", "url_host"]
@@ -31,55 +31,33 @@ __all__ = ["ALLOWED_SCHEMES", "BAD_URL", "PRIVATE_ADDRESS", "PrivateAddressError
 
 def resolve(host: str) -> list[str]:
     """All addresses ``host`` resolves to (empty when it does not resolve)."""
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError, OSError):
-        return []
-    return sorted({str(info[4][0]) for info in infos})
+    return list(_resolve(host))
 
 
 def host_is_private(host: str) -> bool:
-    """True when ``host`` is, or resolves to at least one, non-global address."""
-    try:
-        return not is_public_ip(str(ipaddress.ip_address(host.strip("[]"))))
-    except ValueError:
-        pass
-    if host.lower().rstrip(".") in ("localhost",) or host.lower().endswith(".localhost"):
-        return True
-    return any(not is_public_ip(a) for a in resolve(host))
+    """True when ``host`` is, denotes or resolves to (at least one) non-global address."""
+    return host_refusal(host, AddressPolicy()) == PRIVATE_ADDRESS
 
 
-def screen_urls(urls: Iterable[str | None], allow_private_networks: bool = False,
-                threads: int = 32) -> list[str | None]:
-    """Per URL: ``None`` if it may be fetched, else the reason (``bad_url`` or ``private_address``).
-
-    Hosts are resolved once each, in parallel.
-    """
-    parsed = [url_host(u) if isinstance(u, str) else (None, None) for u in urls]
-    hosts = sorted({h for s, h in parsed if s in ALLOWED_SCHEMES and h})
-    private: dict[str, bool] = {}
-    if not allow_private_networks and hosts:
-        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(hosts)))) as pool:
-            private = dict(zip(hosts, pool.map(host_is_private, hosts)))
-    reasons: list[str | None] = []
-    for scheme, host in parsed:
-        if scheme not in ALLOWED_SCHEMES or not host:
-            reasons.append(BAD_URL)
-        elif private.get(host, False):
-            reasons.append(PRIVATE_ADDRESS)
-        else:
-            reasons.append(None)
-    return reasons
+def screen_urls(urls: Iterable[Any], allow_private_networks: bool = False, threads: int = 32) -> list[str | None]:
+    """Per URL: ``None`` if it may be fetched, else the reason (``bad_type``, ``bad_url`` or ``private_address``)."""
+    return _screen_urls(urls, allow_private_networks, threads)
 
 
-def _guarded_create_connection(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
-    """``socket.create_connection`` that refuses a connected peer with a non-global address."""
-    sock = socket.create_connection(address, *args, **kwargs)
-    peer = str(sock.getpeername()[0])
-    if not is_public_ip(peer):
-        sock.close()
-        raise PrivateAddressError(f"private address refused: {address[0]} -> {peer}")
-    return sock
+def _pinned_create_connection(policy: AddressPolicy, address: tuple[str, int], *args: Any,
+                              **kwargs: Any) -> socket.socket:
+    """``socket.create_connection`` to the checked addresses of ``address``'s host only (see module doc)."""
+    host, port = address
+    errors: list[OSError] = []
+    for ip in pinned_addresses(host, port, policy):
+        try:
+            return socket.create_connection((ip, port), *args, **kwargs)
+        except OSError as exc:
+            errors.append(exc)
+    raise errors[-1]
+
+
+_guarded_create_connection = functools.partial(_pinned_create_connection, AddressPolicy())
 
 
 class _GuardedHTTPConnection(http.client.HTTPConnection):

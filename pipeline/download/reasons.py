@@ -2,10 +2,11 @@
 
 | reason | meaning | retryable |
 | --- | --- | --- |
-| ``bad_url`` | not an http(s) URL with a host | no |
+| ``bad_url`` | null, empty, too long, not http(s), bad port or malformed host (:mod:`pipeline.netguard`) | no |
+| ``bad_type`` | the URL is not a string (e.g. an integer column) | no |
 | ``private_address`` | host is, resolves to or redirects to a loopback/private/link-local address | no |
 | ``http_404``, ``http_403``, ``http_410``, ``http_4xx``, ``http_3xx`` | HTTP status | no |
-| ``http_429``, ``http_5xx`` | rate limited, server error | yes |
+| ``http_429``, ``http_5xx`` | rate limited, server error (``Retry-After`` honoured) | yes |
 | ``timeout`` | connect/read timeout, or the whole image took longer than ``timeout`` | yes |
 | ``connection_error`` | refused, reset, closed early | yes |
 | ``truncated`` | body shorter than its Content-Length | yes |
@@ -29,12 +30,14 @@ Patterns = Sequence[tuple[str, str]]
 
 class Dropped(Exception):
     """A URL dropped for ``reason``; the message is the row's ``error_message``. ``size``: the image's
-    (width, height) when its header was read."""
+    (width, height) when its header was read; ``retry_after``: seconds the server asked to wait (Retry-After)."""
 
-    def __init__(self, reason: str, message: str, size: tuple[int, int] | None = None) -> None:
+    def __init__(self, reason: str, message: str, size: tuple[int, int] | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.size = size
+        self.retry_after = retry_after
 
 
 RETRYABLE_REASONS = frozenset({"timeout", "connection_error", "truncated", "http_429", "http_5xx"})
