@@ -317,7 +317,8 @@ def test_chunked_and_compressed_http_bodies(tmp_path: Path) -> None:
     stats = run_crawl([str(path)], tmp_path / "out", CrawlConfig(workers=1))
     assert sorted(r["page_url"] for r in _rows(tmp_path / "out")) == [
         "http://e.test/chunked", "http://e.test/deflate", "http://e.test/gz"]
-    assert stats.extra["corrupt_records"] == 2 and stats.kept == 3
+    assert stats.extra["corrupt_records"] == 0 and stats.kept == 3  # "bad" and "zstd" are read as stored
+    assert stats.extra["encoding_mismatch"] + stats.extra["encoding_unsupported"] == 2
     assert dechunk(b"not chunked") == b"not chunked"
 
 
