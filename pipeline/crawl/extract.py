@@ -48,7 +48,10 @@ _CHARSET_HEAD_RE = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za
 _CHARSET_CT_RE = re.compile(r"charset\s*=\s*[\"']?\s*([A-Za-z0-9_.:\-]+)", re.I)
 _DESCRIPTOR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([wx])\s*$", re.I)
 _URL_STRIP_RE = re.compile(r"[\t\n\r]")
-_WINDOWS_1252_ALIASES = {"iso8859-1": "cp1252", "ascii": "cp1252"}
+#: Python codecs of labels that browsers (the WHATWG encoding standard) decode with a superset
+_WHATWG_CODECS = {"iso8859-1": "cp1252", "ascii": "cp1252", "iso8859-9": "cp1254", "iso8859-11": "cp874",
+                  "tis-620": "cp874", "gb2312": "gb18030", "gbk": "gb18030", "euc_kr": "cp949",
+                  "shift_jis": "cp932", "big5": "big5hkscs"}
 _HTTP_URL_RE = re.compile(r"^(https?)://([^/?#\s]+)", re.I)
 _ENTITY_RE = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")
 
@@ -198,8 +201,9 @@ def make_ref(values: list[tuple[str, str | None]], alt: str | None, title: str |
 def detect_charset(body: bytes, content_type: str | None) -> str | None:
     """Charset from the HTTP ``Content-Type`` header, else from a ``<meta>`` in the first 4 KiB.
 
-    As in the WHATWG encoding standard, latin-1/ASCII labels decode as windows-1252 and a ``<meta>``
-    claiming UTF-16 (impossible in an ASCII-compatible document) as UTF-8.
+    As in the WHATWG encoding standard, labels decode with the codec browsers use (latin-1/ASCII as
+    windows-1252, GB2312 as GB18030, Shift_JIS as windows-31J...) and a ``<meta>`` claiming UTF-16
+    (impossible in an ASCII-compatible document) as UTF-8.
     """
     header = _CHARSET_CT_RE.search(content_type or "")
     meta = _CHARSET_HEAD_RE.search(body[:4096])
@@ -213,25 +217,52 @@ def detect_charset(body: bytes, content_type: str | None) -> str | None:
             continue
         if from_meta and codec.startswith("utf-16"):
             return "utf-8"
-        return _WINDOWS_1252_ALIASES.get(codec, codec)
+        return _WHATWG_CODECS.get(codec, codec)
     return None
 
 
-def decode_html(body: bytes, content_type: str | None = None) -> str:
-    """Decode an HTML body (BOM, header or meta charset, else UTF-8) with replacement of bad bytes.
+def decode_html(body: bytes, content_type: str | None = None, cut: bool = False) -> str:
+    """Decode an HTML body as a browser does: BOM, else the header or ``<meta>`` charset (bad bytes replaced),
+    else UTF-8 when the page is valid UTF-8, else windows-1252. ``cut``: the body is the start of a longer page.
 
     Raises :class:`CorruptRecord` for binary content (NUL characters after decoding).
     """
-    if body.startswith(codecs.BOM_UTF8):
-        charset, body = "utf-8", body[len(codecs.BOM_UTF8):]
-    elif body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        charset = "utf-16"
-    else:
-        charset = detect_charset(body, content_type) or "utf-8"
-    text = body.decode(charset, errors="replace")
+    text = _decoded(body, content_type, cut)
     if "\x00" in text[:4096]:
         raise CorruptRecord("binary content in an HTML record")
     return text
+
+
+def _decoded(body: bytes, content_type: str | None, cut: bool) -> str:
+    """The text of an HTML body (see :func:`decode_html`)."""
+    if body.startswith(codecs.BOM_UTF8):
+        return body[len(codecs.BOM_UTF8):].decode("utf-8", errors="replace")
+    if body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return body.decode("utf-16", errors="replace")
+    charset = detect_charset(body, content_type)
+    if charset is None:
+        return decode_undeclared(body, cut)
+    return body.decode(charset, errors=_WINDOWS_1252_ERRORS if charset == "cp1252" else "replace")
+
+
+def decode_undeclared(body: bytes, cut: bool = False) -> str:
+    """A page without a charset: UTF-8 when it is valid UTF-8 (when ``cut``, a sequence cut at the end counts
+    as valid), else windows-1252, what browsers fall back to (not UTF-8 with replacement characters)."""
+    try:
+        return codecs.getincrementaldecoder("utf-8")().decode(body, final=not cut)
+    except UnicodeDecodeError:
+        return body.decode("cp1252", errors=_WINDOWS_1252_ERRORS)
+
+
+def _c1_controls(exc: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: the 5 bytes windows-1252 leaves undefined decode to the C1 controls, as in browsers."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    return exc.object[exc.start:exc.end].decode("latin-1"), exc.end
+
+
+_WINDOWS_1252_ERRORS = "wit-windows-1252"
+codecs.register_error(_WINDOWS_1252_ERRORS, _c1_controls)
 
 
 def html_images(html: str, page_url: str, use_title: bool = True) -> Iterator[ImageRef]:

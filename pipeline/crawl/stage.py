@@ -16,15 +16,20 @@ in parallel on Ray (:mod:`pipeline.crawl.on_ray`), one task per archive.
 Parts are streamed in row groups to a temporary file and renamed when the archive is fully read, after
 a per-part stats sidecar ``_parts/<part>.stats.json`` has been written; a re-run skips archives whose
 part and sidecar exist and sums all sidecars, so a resumed crawl reports the whole crawl. A truncated
-or corrupt archive leaves no part behind (``failed_files``); a corrupt record is counted and skipped.
+or corrupt archive leaves no part behind (``failed_files``); a corrupt record is counted and skipped. An HTTP
+body is de-chunked and decoded as its headers say (gzip, deflate; br and zstd with the ``brotli``/``zstandard``
+packages); one that does not decode is read as stored, as warcio does (ClueWeb09 and some Common
+Crawl records keep ``Content-Encoding: gzip`` over a body stored decoded), and counted as ``encoding_mismatch``.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import glob
 import gzip
 import hashlib
+import importlib
 import io
 import os
 import re
@@ -76,7 +81,10 @@ _CHUNK = 1 << 16            # bytes of a plain (not gzipped) archive read at a t
 _MAX_INFLATE = 1 << 18      # uncompressed bytes read at a time (bounds memory on gzip bombs)
 _MAX_HEADER = 1 << 20       # longest WARC header block accepted
 _HTTP_HEAD = 1 << 16        # bytes of a response read to find its HTTP headers
-_COUNTERS = ("records", "pages", "skipped_records", "corrupt_records")
+# encoding_mismatch / encoding_unsupported: pages whose body did not decode with its Content-Encoding (stored
+# already decoded, as ClueWeb09 and some Common Crawl records are) or that had no decoder, read as stored
+_COUNTERS = ("records", "pages", "skipped_records", "corrupt_records", "encoding_mismatch", "encoding_unsupported")
+_IDENTITY = ("", "identity", "none")
 _WAT_BATCH_RECORDS = 2_000     # WAT records parsed together by Arrow's JSON reader
 _WAT_BATCH_BYTES = 32 << 20
 
@@ -653,9 +661,7 @@ def _read_block(stream: _Stream, headers: dict[str, str], length: int, cfg: Craw
 def _read_response(stream: _Stream, record: Record, length: int, cfg: CrawlConfig) -> None:
     """Parse the HTTP headers of a response; keep the body only of 2xx HTML pages."""
     head = stream.take(min(length, _HTTP_HEAD), _HTTP_HEAD)
-    end, sep = head.find(b"\r\n\r\n"), 4
-    if end < 0:
-        end, sep = head.find(b"\n\n"), 2
+    end, sep = _header_end(head)
     if end < 0:
         stream.take(length - len(head), 0)
         return
@@ -672,6 +678,14 @@ def _read_response(stream: _Stream, record: Record, length: int, cfg: CrawlConfi
     body = head[end + sep:] if keep else b""
     rest = stream.take(length - len(head), max(cfg.max_html_bytes - len(body), 0) if keep else 0)
     record.payload = body + rest if rest else body
+
+
+def _header_end(head: bytes) -> tuple[int, int]:
+    """``(offset, length)`` of the blank line ending HTTP headers: the first ``CRLF CRLF`` or ``LF LF``
+    (ClueWeb09 writes bare LFs, and its bodies may hold a CRLF CRLF); offset -1 when there is none."""
+    crlf = head.find(b"\r\n\r\n")
+    lf = head.find(b"\n\n", 0, crlf if crlf >= 0 else len(head))
+    return (crlf, 4) if lf < 0 else (lf, 2)
 
 
 def _is_html(content_type: str) -> bool:
@@ -714,8 +728,7 @@ def _record_refs(record: Record, cfg: CrawlConfig, stats: StageStats) -> tuple[s
     page_url = record.target
     try:
         if kind == "html":
-            refs = list(html_images(decode_html(_http_body(record, cfg.max_html_bytes), record.http_type or
-                                                record.content_type), page_url, cfg.title_fallback))
+            refs = _html_refs(record, cfg, stats)
         elif kind == "wat":
             if not record.complete:
                 raise CorruptRecord(f"WAT record longer than {cfg.max_record_bytes} bytes")
@@ -730,6 +743,16 @@ def _record_refs(record: Record, cfg: CrawlConfig, stats: StageStats) -> tuple[s
     return page_url, refs
 
 
+def _html_refs(record: Record, cfg: CrawlConfig, stats: StageStats) -> list[ImageRef]:
+    """The images of an HTML record; a body read as stored because its Content-Encoding could not be undone is
+    counted (``encoding_mismatch``/``encoding_unsupported``) once it reads as a page, else it is corrupt."""
+    body, issue = _http_body(record, cfg.max_html_bytes)
+    html = decode_html(body, record.http_type or record.content_type, cut=len(body) >= cfg.max_html_bytes)
+    if issue:
+        stats.extra[issue] += 1
+    return list(html_images(html, record.target, cfg.title_fallback))
+
+
 def record_kind(record: Record) -> str | None:
     """``"html"`` for 2xx HTML responses and HTML resources, ``"wat"`` for JSON metadata records, else None."""
     if record.rec_type == "metadata":
@@ -741,22 +764,39 @@ def record_kind(record: Record) -> str | None:
     return None
 
 
-def _http_body(record: Record, limit: int) -> bytes:
-    """The page bytes of a response: de-chunked and decompressed as its HTTP headers say (at most ``limit``)."""
+def _http_body(record: Record, limit: int) -> tuple[bytes, str | None]:
+    """The page bytes of a response, de-chunked and decoded as its HTTP headers say (at most ``limit``), and
+    None, or the counter of a body whose Content-Encoding could not be undone, which is then given as stored:
+    ``encoding_mismatch`` when it does not decode (crawlers store bodies already decoded under the original
+    header), ``encoding_unsupported`` when there is no decoder (unknown coding, optional package missing)."""
     body = record.payload
     if "chunked" in record.transfer_encoding:
         body = dechunk(body)
-    encoding = record.content_encoding
-    if encoding in ("gzip", "x-gzip", "deflate"):
-        try:
-            body = _inflate_body(body, limit)
-        except _INFLATE_ERRORS as exc:
-            raise CorruptRecord(f"bad {encoding} body ({exc})") from None
-    elif encoding == "br":
-        body = _unbrotli(body)
-    elif encoding not in ("", "identity", "none"):
-        raise CorruptRecord(f"unsupported Content-Encoding {encoding!r}")
-    return body[:limit]
+    if record.content_encoding in _IDENTITY:
+        return body[:limit], None
+    try:
+        return _decode_body(body, record.content_encoding, limit)[:limit], None
+    except _BadBody:
+        return body[:limit], "encoding_mismatch"
+    except _NoDecoder:
+        return body[:limit], "encoding_unsupported"
+
+
+class _BadBody(ValueError):
+    """An HTTP body does not decode with its Content-Encoding."""
+
+
+class _NoDecoder(LookupError):
+    """No decoder for a Content-Encoding (an unknown coding, or the package decoding it is not installed)."""
+
+
+def _decode_body(body: bytes, content_encoding: str, limit: int) -> bytes:
+    """``body`` with its content codings undone, the last one applied first (``Content-Encoding: gzip, br``)."""
+    for coding in reversed(content_encoding.split(",")):
+        coding = coding.strip()
+        if coding not in _IDENTITY:
+            body = _DECODERS.get(coding, _unknown_coding)(body, limit)
+    return body
 
 
 def dechunk(body: bytes) -> bytes:
@@ -777,19 +817,51 @@ def dechunk(body: bytes) -> bytes:
 def _inflate_body(body: bytes, limit: int) -> bytes:
     """A gzip, zlib or raw-deflate HTTP body inflated (at most ``limit`` bytes)."""
     wbits = 47 if body[:1] in (b"\x1f", b"\x78") else -15
-    return zlib.decompressobj(wbits).decompress(body, limit)
-
-
-def _unbrotli(body: bytes) -> bytes:
-    """A brotli HTTP body, decoded when the ``brotli`` package is installed."""
     try:
-        import brotli
-    except ImportError:
-        raise CorruptRecord("brotli body (install the brotli package to read it)") from None
+        return zlib.decompressobj(wbits).decompress(body, limit)
+    except zlib.error as exc:
+        raise _BadBody(f"bad gzip/deflate body ({exc})") from None
+
+
+def _unbrotli(body: bytes, limit: int) -> bytes:
+    """A brotli HTTP body, decoded when the ``brotli`` package is installed."""
+    brotli = _optional_module("brotli")
+    if brotli is None:
+        raise _NoDecoder("brotli body (install the brotli package to read it)")
     try:
         return brotli.decompress(body)
     except brotli.error as exc:
-        raise CorruptRecord(f"bad brotli body ({exc})") from None
+        raise _BadBody(f"bad brotli body ({exc})") from None
+
+
+def _unzstd(body: bytes, limit: int) -> bytes:
+    """A zstd HTTP body (at most ``limit`` bytes), decoded when the ``zstandard`` package is installed."""
+    zstd = _optional_module("zstandard")
+    if zstd is None:
+        raise _NoDecoder("zstd body (install the zstandard package to read it)")
+    try:
+        with zstd.ZstdDecompressor().stream_reader(body) as reader:
+            return reader.read(limit)
+    except zstd.ZstdError as exc:
+        raise _BadBody(f"bad zstd body ({exc})") from None
+
+
+def _unknown_coding(body: bytes, limit: int) -> bytes:
+    """The decoder of a Content-Encoding the crawl does not know (``compress``, or a charset sent as one)."""
+    raise _NoDecoder("unknown Content-Encoding")
+
+
+@functools.lru_cache(maxsize=None)
+def _optional_module(name: str) -> Any:
+    """An optional package, or None when it is not installed (looked up once: a failed import is not cached)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+_DECODERS = {"gzip": _inflate_body, "x-gzip": _inflate_body, "deflate": _inflate_body, "br": _unbrotli,
+             "zstd": _unzstd}
 
 
 # ---------------------------------------------------------------- output
