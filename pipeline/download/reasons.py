@@ -2,7 +2,7 @@
 
 | reason | meaning | retryable |
 | --- | --- | --- |
-| ``bad_url`` | null, empty, too long, not http(s), bad port or malformed host (:mod:`pipeline.netguard`) | no |
+| ``bad_url`` | null, empty, too long, not http(s), bad port or malformed host (:mod:`pipeline.download.netguard`) | no |
 | ``bad_type`` | the URL is not a string (e.g. an integer column) | no |
 | ``private_address`` | host is, resolves to or redirects to a loopback/private/link-local address | no |
 | ``http_404``, ``http_403``, ``http_410``, ``http_4xx``, ``http_3xx`` | HTTP status | no |

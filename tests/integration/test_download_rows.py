@@ -17,9 +17,9 @@ import pytest
 from downloadsite import local_ray  # noqa: F401  (fixture: this module's local Ray)
 from faultserver import FaultServer, _Handler, jpeg_bytes, smooth_image
 
-from pipeline.download import DownloadConfig, run_download
-from pipeline.download_fetch import FetchOptions, Fetcher, retry_after_seconds, retry_delay
-from pipeline.download_reasons import Dropped
+from pipeline.download.stage import DownloadConfig, run_download
+from pipeline.download.fetch import FetchOptions, Fetcher, retry_after_seconds, retry_delay
+from pipeline.download.reasons import Dropped
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -32,9 +32,9 @@ import pyarrow.parquet as pq
 import pytest
 from warcio.archiveiterator import ArchiveIterator
 
-import pipeline.crawl as crawl_mod
-from pipeline.crawl import CrawlConfig, run_crawl
-from pipeline.extract import decode_html
+import pipeline.crawl.stage as crawl_mod
+from pipeline.crawl.stage import CrawlConfig, run_crawl
+from pipeline.crawl.extract import decode_html
 
 CC_2014 = "commoncrawl/CC-MAIN-20140820021334-00006-ip-10-180-136-8.ec2.internal.warc"
 #: fixture -> (records whose stored body does not match their Content-Encoding, candidate rows of the stage)

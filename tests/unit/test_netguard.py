@@ -22,10 +22,10 @@ from typing import Any, Callable, Iterator
 import pytest
 import urllib3
 
-from pipeline import netguard
-from pipeline import netguard_urllib
-from pipeline.download_config import DownloadConfig
-from pipeline.download_fetch import FetchOptions, Fetcher
+import pipeline.download.netguard as netguard
+import pipeline.download.netguard_urllib as netguard_urllib
+from pipeline.download.config import DownloadConfig
+from pipeline.download.fetch import FetchOptions, Fetcher
 
 PUBLIC = "93.184.216.34"  # never contacted: connects to it fail (no_outside_traffic)
 
