@@ -34,7 +34,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -ra --timeout=1500 tests
 
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -ra -m "not e2e and not integration" tests
+	$(VENV)/bin/python -m pytest -q -ra -m "not slow" -p no:cacheprovider tests
 
 clean:
 	rm -rf runs .pytest_cache

@@ -37,6 +37,13 @@ def whirlwind_warc() -> Path:
     return path
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Integration and end-to-end tests start Ray, servers or training runs: all of them are ``slow``."""
+    for item in items:
+        if {"integration", "e2e"} & set(Path(str(item.fspath)).relative_to(REPO / "tests").parts[:1]):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Prefect stops its ephemeral API server at exit and logs it after pytest closed the captured
     streams; don't let that print a 'Logging error' traceback after the summary."""

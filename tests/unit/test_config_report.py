@@ -88,6 +88,7 @@ def test_report_flags_a_leak(tmp_path: Path) -> None:
     assert build_report(tmp_path)["checks"]["candidates == kept + rejected"] is False
 
 
+@pytest.mark.slow
 def test_bad_archive_in_flow_ends_in_one_line_without_traceback(tmp_path: Path) -> None:
     """A WitError inside a Prefect task: no traceback wall, exit 2, no part written as complete."""
     import subprocess

@@ -407,6 +407,7 @@ def test_file_url_and_local_listing(tmp_path: Path) -> None:
         run_crawl([(tmp_path / "nope.warc.gz").as_uri()], tmp_path / "out5")
 
 
+@pytest.mark.slow
 def test_http_url_and_http_listing(tmp_path: Path) -> None:
     site = _site(tmp_path)
     files = sorted(site.rglob("*.warc.gz"))
@@ -428,6 +429,7 @@ def test_http_url_and_http_listing(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- Ray
 
+@pytest.mark.slow
 def test_crawl_on_ray_matches_in_process(tmp_path: Path) -> None:
     paths = [_warc(tmp_path / f"r{n}.warc.gz", [(f"http://r.test/{n}/{i}", f"<img src=a.jpg alt='Ray page {n} {i}'>"
                                                    .encode()) for i in range(20)]) for n in range(4)]

@@ -27,6 +27,9 @@ BASE = "http://127.0.0.1:8765"
 FILENAME_RE = re.compile(r"^(IMG|DSC|DSCN|P\d|\d{8}_|image\d|Screenshot|photo_|[0-9a-f]{32})", re.I)
 
 
+
+pytestmark = pytest.mark.slow  # generates the 1k-pair mini-web and starts its HTTP server
+
 @pytest.fixture(scope="module")
 def web(tmp_path_factory: pytest.TempPathFactory):
     """The full 1000-pair mini-web (no server needed for the files)."""

@@ -79,6 +79,7 @@ def kill_when(proc: subprocess.Popen, marker: str) -> list[str]:
     return seen
 
 
+@pytest.mark.slow
 def test_train_killed_mid_epoch_resumes_then_skips(shards: Path, tmp_path: Path) -> None:
     out = tmp_path / "train"
     # Killed (SIGKILL to the whole process group) after the first step of epoch 3 of 3 (16 steps an epoch).
@@ -226,6 +227,7 @@ def test_presets_cpu_and_clip() -> None:
     assert "--accum-freq" not in cpu_args and "--beta1" not in cpu_args
 
 
+@pytest.mark.slow
 def test_temperature_init_is_clip_0_07() -> None:
     import open_clip
 
@@ -336,6 +338,7 @@ def test_parse_loss_and_speed() -> None:
     assert T.parse_loss("Start epoch 0") is None and T.parse_speed("Start epoch 0") is None
 
 
+@pytest.mark.slow
 def test_wit_train_cli_options_build_the_config() -> None:
     from flows.cli import make_parser
     from pipeline.core.config import config_from_args
