@@ -208,7 +208,7 @@ def check_overlap(site: Site, max_distance: int) -> None:
 def files_snapshot(shards: Path) -> dict[str, tuple[int, int]]:
     """``name -> (mtime_ns, size)`` of every file in ``shards`` but the run totals."""
     return {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in shards.rglob("*")
-            if p.is_file() and p.name not in ("sizes.json", "_stats.json")}
+            if p.is_file() and p.name not in ("sizes.json", "_stats.json", ".wit.lock")}
 
 
 def rerun_changes_nothing(site: Site, first: StageStats, run_download: Callable[..., StageStats],

@@ -206,7 +206,7 @@ RUN_SCRIPT = """
 import sys
 from pipeline.download.stage import DownloadConfig, run_download
 cfg = DownloadConfig(number_sample_per_shard=6, processes_count=2, thread_count=2, max_per_host=2, image_size=64,
-                     allowed_networks=("127.0.0.1/32",))
+                     allowed_networks=("127.0.0.1/32",), max_image_bytes=2_000_000, max_redirects=3)
 run_download(sys.argv[1], sys.argv[2], cfg, None, sys.argv[3])
 """
 
