@@ -176,12 +176,6 @@ def best_chunks(n: int, radius: int) -> int:
     return choose_chunks(n, radius)
 
 
-def mih_cost(n: int, m: int, radius: int) -> float:
-    """Estimated ns per query with ``m`` even chunks over ``n`` hashes whose 64 bits all vary."""
-    widths, free, radii = plan_layout(m, ALL_BITS, n, radius)
-    return layout_cost(widths, free, radii, n)
-
-
 def _probe_masks(bits: int, t: int) -> np.ndarray:
     """All ``bits``-bit XOR masks of weight <= ``t``, by increasing weight (weight 0 first), so that the masks
     of any smaller radius are a prefix."""

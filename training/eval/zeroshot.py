@@ -356,19 +356,6 @@ def classify_eval_set(lm: LoadedModel, spec: EvalSpec | str | Path | Mapping[str
     return classify(lm, data, build_classifier(lm, data.prompt_names, templates), batch_size, workers)
 
 
-def classify_folder(lm: LoadedModel, folder: str | Path, templates: str | Sequence[str] = "default",
-                    batch_size: int = 64, workers: int = 0) -> list[dict[str, Any]]:
-    """Zero-shot classify an ImageFolder (``eval_id`` is the path relative to ``folder``)."""
-    return classify_eval_set(lm, EvalSpec(str(folder), kind="imagefolder"), templates, batch_size, workers)
-
-
-def zeroshot_eval(checkpoint: str | Path | None, model_name: str | None, eval_set: str | Path | Mapping[str, Any],
-                  templates: str | Sequence[str] = "default", batch_size: int = 64,
-                  device: str = "auto") -> list[dict[str, Any]]:
-    """Load the checkpoint and classify ``eval_set``; see :func:`classify`."""
-    return classify_eval_set(load_model(checkpoint, model_name, device), eval_set, templates, batch_size)
-
-
 def accuracy(rows: Sequence[dict[str, Any]], key: str = "correct") -> float | None:
     """Fraction of rows with ``key`` true; None for no rows."""
     return sum(bool(r[key]) for r in rows) / len(rows) if rows else None
