@@ -50,7 +50,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.core.errors import WitError
-from pipeline.core.io import atomic_path
+from pipeline.core.io import atomic_path, parse_json_strings
 
 SEP = "\x1f"  # joins captions of a batch; survives normalisation, never inside a key
 # a run of non-word characters that starts with something other than a space (``_`` is replaced first)
@@ -123,16 +123,7 @@ def load_queries(path: str | Path) -> list[str]:
 
 
 def _parse_json(p: Path, text: str) -> list[str]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise WitError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(data, list):
-        raise WitError(f"{p}: expected a JSON list of query strings, got {type(data).__name__}")
-    bad = next((i for i, q in enumerate(data) if not isinstance(q, str)), None)
-    if bad is not None:
-        raise WitError(f"{p}: entry {bad} is not a string ({data[bad]!r})")
-    return data
+    return parse_json_strings(text, p, "query")
 
 
 def save_queries(path: str | Path, queries: Sequence[str]) -> Path:

@@ -116,3 +116,17 @@ def checked_parts(input_dir: str | os.PathLike, required: tuple[str, ...], hint:
         if missing:
             raise WitError(f"{part}: no '{missing[0]}' column (has: {', '.join(names)})")
     return parts
+
+
+def parse_json_strings(text: str, where: str | os.PathLike, what: str) -> list[str]:
+    """A JSON list of strings (query lists, prompt templates), with one-line errors naming ``where``."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WitError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, list):
+        raise WitError(f"{where}: expected a JSON list of {what} strings, got {type(data).__name__}")
+    bad = next((i for i, item in enumerate(data) if not isinstance(item, str)), None)
+    if bad is not None:
+        raise WitError(f"{where}: entry {bad} is not a string ({data[bad]!r})")
+    return data

@@ -6,11 +6,11 @@ line; blank lines and ``#`` comments skipped) or ``.json`` (a list of strings).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 from pipeline.core.errors import WitError
+from pipeline.core.io import parse_json_strings
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a {}.", "a picture of a {}.", "an image of a {}.")
 TEMPLATE_SETS = ("default", "simple", "openai")
@@ -45,13 +45,7 @@ def load_templates_file(path: str | Path) -> tuple[str, ...]:
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise WitError(f"{path}: not valid JSON ({exc.msg})") from None
-        if not isinstance(data, list):
-            raise WitError(f"{path}: expected a JSON list of template strings")
-        return check_templates(data, str(path))
+        return check_templates(parse_json_strings(text, path, "template"), str(path))
     lines = [line.strip() for line in text.splitlines()]
     return check_templates([line for line in lines if line and not line.startswith("#")], str(path))
 
