@@ -92,7 +92,7 @@ def run_balance(input_dir: str | Path, out_dir: str | Path, cfg: BalanceConfig =
     """Balance the pairs of ``input_dir`` into ``out_dir`` (see the module doc)."""
     parts = input_parts(input_dir)
     out = Path(out_dir)
-    if out.resolve() == Path(input_dir).resolve():
+    if out.resolve() in {part.parent.resolve() for part in parts}:
         raise WitError(f"{out}: the balance output folder must differ from its input folder")
     for sub in ("", REJECTED_DIR, PARTS_DIR, QUERIES_DIR):
         (out / sub).mkdir(parents=True, exist_ok=True)

@@ -6,12 +6,13 @@ so a killed run never leaves a partial file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -99,17 +100,34 @@ def read_schema(part: str | os.PathLike) -> pa.Schema:
         raise WitError(f"{part}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
 
 
-def checked_parts(input_dir: str | os.PathLike, required: tuple[str, ...], hint: str) -> list[Path]:
-    """The finished parquet parts of ``input_dir``, each checked for the ``required`` columns.
+InputSpec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 
-    ``hint`` completes "no parquet parts to ..." when the folder holds none.
+
+def parquet_inputs(spec: InputSpec) -> list[Path]:
+    """The parquet files a user names: a folder (its finished parts), a file, a glob, or a list of these."""
+    items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    files: list[Path] = []
+    for item in items:
+        text = str(item)
+        if glob.has_magic(text):
+            files += sorted(Path(p) for p in glob.glob(text) if p.endswith(".parquet") and Path(p).is_file())
+        elif Path(text).is_dir():
+            files += parquet_files(text)
+        elif Path(text).is_file():
+            files.append(Path(text))
+        else:
+            raise WitError(f"{text}: not found (give a folder of parquet parts, a parquet file, a glob or a list)")
+    return list(dict.fromkeys(files))
+
+
+def checked_parts(inputs: InputSpec, required: tuple[str, ...], hint: str) -> list[Path]:
+    """The parquet parts of ``inputs`` (see :func:`parquet_inputs`), each checked for the ``required`` columns.
+
+    ``hint`` completes "no parquet parts to ..." when there are none.
     """
-    folder = Path(input_dir)
-    if not folder.is_dir():
-        raise WitError(f"{folder}: input folder not found")
-    parts = parquet_files(folder)
+    parts = parquet_inputs(inputs)
     if not parts:
-        raise WitError(f"{folder}: no parquet parts to {hint}")
+        raise WitError(f"{inputs}: no parquet parts to {hint}")
     for part in parts:
         names = read_schema(part).names
         missing = [c for c in required if c not in names]

@@ -480,7 +480,7 @@ def run_img2dataset_download(input_dir: str | os.PathLike, shards_dir: str | os.
     shards_dir = Path(shards_dir)
     overlap_dir = Path(overlap_dir) if overlap_dir is not None else shards_dir.parent / "overlap"
     indexes = {name: load_hash_index(path) for name, path in (eval_indexes or {}).items()}
-    plan = _prepare(Path(input_dir), shards_dir, overlap_dir, cfg)
+    plan = _prepare(input_dir, shards_dir, overlap_dir, cfg)
     results, failed = build_shards(plan, shards_dir, cfg, indexes)
     stats = _write_outputs(plan, shards_dir, overlap_dir, results, failed, indexes, cfg)
     stats.extra["seconds"] = round(time.time() - start, 2)

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from pipeline.download.config import DownloadConfig, ShardShaping
 from pipeline.download.shard import done_shards
 from pipeline.core.errors import WitError
-from pipeline.core.io import atomic_path, parquet_files, read_json, write_json
+from pipeline.core.io import InputSpec, atomic_path, parquet_inputs, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ class Plan:
         return min(self.per_shard, self.inputs - shard_id * self.per_shard)
 
 
-def input_files(input_dir: Path) -> list[Path]:
-    files = [input_dir] if input_dir.is_file() else parquet_files(input_dir)
+def input_files(input_dir: InputSpec) -> list[Path]:
+    files = parquet_inputs(input_dir)
     if not files:
         raise WitError(f"{input_dir}: no parquet parts to download (has the filter stage run?)")
     return files

@@ -219,7 +219,7 @@ def run_download(input_dir: str | os.PathLike, shards_dir: str | os.PathLike, cf
     indexes = {name: load_robust_index(path, cfg.max_distance) for name, path in eval_paths.items()}
     fingerprint = eval_fingerprint(eval_paths, cfg)
     _prepare(shards_dir, overlap_dir)
-    plan = make_plan(Path(input_dir), shards_dir, cfg)
+    plan = make_plan(input_dir, shards_dir, cfg)
     failed, counts = build_shards(plan, shards_dir, cfg, indexes, fingerprint)
     stats = write_outputs(plan, shards_dir, overlap_dir, indexes, cfg, fingerprint, failed)
     stats.extra.update(counts, seconds=round(time.time() - start, 2))

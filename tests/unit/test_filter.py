@@ -363,7 +363,7 @@ def test_missing_column_names_file_and_column(tmp_path: Path) -> None:
 
 
 def test_empty_or_missing_input_dir(tmp_path: Path) -> None:
-    with pytest.raises(WitError, match="input folder not found"):
+    with pytest.raises(WitError, match="nope: not found"):
         run_filter(tmp_path / "nope", tmp_path / "out")
     (tmp_path / "empty").mkdir()
     with pytest.raises(WitError, match="no parquet parts"):
