@@ -15,15 +15,10 @@ from pipeline.crawl.stage import CrawlConfig
 from pipeline.download.stage import DownloadConfig
 from pipeline.core.errors import WitError
 from pipeline.filter.stage import FilterConfig
+from training.eval.overlap import OverlapConfig
 from training.train import TrainConfig
 
 STAGES = ("crawl", "filter", "balance", "eval_index", "download", "train", "overlap", "report")
-
-
-@dataclasses.dataclass
-class OverlapConfig:
-    templates: str = field("simple", help="prompt templates: 'simple' (a few) or 'openai' (CLIP's 80 ImageNet ones)")
-    batch_size: int = field(64, help="images per zero-shot batch")
 
 
 @dataclasses.dataclass
