@@ -34,7 +34,7 @@ def test_unknown_option_is_one_line_error() -> None:
 
 
 def test_missing_eval_folder_is_reported(tmp_path: Path) -> None:
-    with pytest.raises(WitError, match="eval set 'cifar'.*folder not found"):
+    with pytest.raises(WitError, match="eval_sets.cifar: eval set folder not found"):
         build_config({"inputs": ["a.warc.gz"], "eval_sets": {"cifar": str(tmp_path / "nope")}})
 
 
