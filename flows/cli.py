@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from pipeline.core.config import add_config_args, config_from_args
 from pipeline.core.errors import WitError
@@ -234,9 +234,17 @@ def _build_parsers(subs: Any) -> None:
     p.add_argument("--port", type=int, default=8765)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A bad option (unknown, or not of its type) is one line on stderr and exit code 2, like every error
+    in the user's input; subcommand parsers inherit this class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _OneLineParser(prog="wit", description=(__doc__ or "").replace("``", ""),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
     _stage_parsers(subs)
     _build_parsers(subs)
