@@ -38,7 +38,7 @@ from dedup import sources
 from dedup.match import MAX_DISTANCE, RobustIndex, dct_words
 from dedup.phash import DCT_BYTES, VARIANTS, eval_variants
 from dedup.search import HashIndex
-from pipeline.core.config import field
+from pipeline.core.config import Config, field
 from pipeline.core.errors import WitError
 from pipeline.core.io import atomic_dir
 from pipeline.core.stats import StageStats
@@ -55,22 +55,18 @@ DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFEr
 
 
 @dataclasses.dataclass
-class EvalIndexConfig:
-    """Options of ``wit eval-index``."""
+class EvalIndexConfig(Config, section="eval_index"):
+    """Options of ``wit eval-index`` (checked when built)."""
 
-    kind: str = field("auto", help="eval set layout: imagefolder, webdataset, parquet, or auto (from PATH)")
+    kind: str = field("auto", help="eval set layout: imagefolder, webdataset, parquet, or auto (from PATH)",
+                      choices=sources.KINDS)
     image_column: str = field("image", help="parquet: column with the encoded images (binary, or a struct "
                                             "with a 'bytes' field as Hugging Face writes)")
     id_column: str = field("", help="parquet: column with the eval ids (default: '<file stem>/<row>')")
     label_column: str = field("label", help="parquet: column with the labels, used when present")
-    label_key: str = field("auto", help="webdataset: label member: cls, txt, json, or auto (the first present)")
+    label_key: str = field("auto", help="webdataset: label member: cls, txt, json, or auto (the first present)",
+                           choices=("auto", *sources.LABEL_KEYS))
     threads: int = field(4, help="images decoded and hashed in parallel")
-
-    def validate(self) -> None:
-        if self.kind not in sources.KINDS:
-            raise WitError(f"EvalIndexConfig: kind must be one of {', '.join(sources.KINDS)}, got {self.kind!r}")
-        if self.label_key not in ("auto", *sources.LABEL_KEYS):
-            raise WitError(f"EvalIndexConfig: label_key must be auto, cls, txt or json, got {self.label_key!r}")
 
 
 def eval_items(path: str | os.PathLike, cfg: EvalIndexConfig) -> tuple[str, Iterator[sources.Item]]:

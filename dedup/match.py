@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from dedup.mih import MultiIndexHash, as_uint64
 from dedup.phash import DCT_BYTES, DCT_FLIP_MASK, HASH_SCHEMA
-from pipeline.core.config import field
+from pipeline.core.config import Config, field
 from pipeline.core.errors import WitError
 
 MAX_DISTANCE = 8
@@ -48,19 +48,14 @@ MATCH_SCHEMA = pa.schema([("eval_set", pa.string()), ("eval_id", pa.string()), (
 
 
 @dataclasses.dataclass
-class MatchConfig:
-    """Thresholds of the robust detector (see module doc for how the defaults were chosen)."""
+class MatchConfig(Config, section="match"):
+    """Thresholds of the robust detector (see module doc for how the defaults were chosen); checked when built."""
 
-    max_distance: int = field(MAX_DISTANCE, help="pHash Hamming radius of the candidate search (0-32)")
+    max_distance: int = field(MAX_DISTANCE, help="pHash Hamming radius of the candidate search (0-32)",
+                              min=0, max=32)
     max_dct_distance: int = field(MAX_DCT_DISTANCE, help="a candidate matches when its 256-bit DCT sign hashes "
-                                                         "differ in at most this many bits (256: no verification)")
-
-    def validate(self) -> None:
-        """Raise ``WitError`` for a threshold out of range."""
-        if not 0 <= self.max_distance <= 32:
-            raise WitError(f"max_distance must be between 0 and 32, got {self.max_distance}")
-        if not 0 <= self.max_dct_distance <= 256:
-            raise WitError(f"max_dct_distance must be between 0 and 256, got {self.max_dct_distance}")
+                                                         "differ in at most this many bits (256: no verification)",
+                                  min=0, max=256)
 
 
 def dct_words(values: pa.Array | pa.ChunkedArray | Sequence[bytes]) -> np.ndarray:

@@ -60,20 +60,15 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.Decompression
 
 
 @dataclasses.dataclass
-class DedupConfig(MatchConfig):
+class DedupConfig(MatchConfig, section="dedup"):
     """Options of ``wit dedup`` (the detector's thresholds, see :mod:`dedup.match`, and how to run)."""
 
     mode: str = field("flag", help="flag: write overlap.parquet only; drop: also write clean shards without "
-                                   "the matched samples")
-    threads: int = field(0, help="shards hashed in parallel (0: one per CPU)")
+                                   "the matched samples", choices=MODES)
+    threads: int = field(0, help="shards hashed in parallel (0: one per CPU)", min=0)
     use_stored_hashes: bool = field(True, help="use the hash columns of a shard's parquet when every sample "
                                                "has them (wit download writes them) instead of decoding")
     image_keys: tuple[str, ...] = field(sources.IMAGE_KEYS, help="sample extensions tried for the image, in order")
-
-    def validate(self) -> None:
-        super().validate()
-        if self.mode not in MODES:
-            raise WitError(f"DedupConfig: mode must be flag or drop, got {self.mode!r}")
 
 
 # ---------------------------------------------------------------- eval sets

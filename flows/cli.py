@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from pipeline.core.config import add_config_args, config_from_args
 from pipeline.core.errors import WitError
@@ -27,7 +27,7 @@ from pipeline.download.stage import DownloadConfig, run_download
 from pipeline.filter.stage import FilterConfig, run_filter
 from pipeline.miniweb.generate import generate_miniweb, serve_forever
 from pipeline.report import build_report, funnel_lines, overlap_lines, write_report
-from training.eval.overlap import run_overlap
+from training.eval.overlap import OverlapConfig, run_overlap
 from training.train import TrainConfig, latest_checkpoint, run_train
 
 
@@ -99,7 +99,7 @@ def cmd_overlap(args: argparse.Namespace) -> None:
     if checkpoint is None:
         checkpoint, model = latest_checkpoint(args.train_dir)
     _print_json(run_overlap(checkpoint, model, _pairs(args.eval, "--eval"), args.overlap_parquet,
-                            args.reports, templates=args.templates))
+                            args.reports, config_from_args(OverlapConfig, args)))
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
@@ -195,13 +195,13 @@ def _stage_parsers(subs: Any) -> None:
              "Options after `--` go to open_clip_train unchanged, e.g. `-- --grad-clip-norm 1.0`.", TrainConfig)
     p.add_argument("shards", help="shards folder (with sizes.json)")
     p.add_argument("out", help="training output folder (logs, checkpoints, results.jsonl)")
-    p = _sub(subs, "overlap", cmd_overlap, "Zero-shot accuracy on All / Clean / Overlap subsets (CLIP sec. 5).")
+    p = _sub(subs, "overlap", cmd_overlap, "Zero-shot accuracy on All / Clean / Overlap subsets (CLIP sec. 5).",
+             OverlapConfig)
     p.add_argument("--eval", nargs="+", required=True, metavar="NAME=FOLDER", help="eval sets (ImageFolder)")
     p.add_argument("--overlap-parquet", default="overlap/overlap.parquet", help="dedup results")
     p.add_argument("--train-dir", default="train", help="take the latest checkpoint from here")
     p.add_argument("--checkpoint", help="a checkpoint file instead of --train-dir")
     p.add_argument("--model", help="open_clip model name of --checkpoint")
-    p.add_argument("--templates", default="simple", help="'simple' or 'openai' prompt templates")
     p.add_argument("--reports", default="reports", help="where overlap.json and overlap.md are written")
 
 
@@ -234,9 +234,17 @@ def _build_parsers(subs: Any) -> None:
     p.add_argument("--port", type=int, default=8765)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A bad option (unknown, or not of its type) is one line on stderr and exit code 2, like every error
+    in the user's input; subcommand parsers inherit this class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _OneLineParser(prog="wit", description=(__doc__ or "").replace("``", ""),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
     _stage_parsers(subs)
     _build_parsers(subs)

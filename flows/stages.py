@@ -57,12 +57,10 @@ def train(cfg: BuildConfig) -> dict[str, Any]:
 
 def overlap(cfg: BuildConfig, checkpoint: str | None = None, model: str | None = None) -> dict[str, Any]:
     """Zero-shot accuracy on Overlap / Clean / All of each eval set; writes reports/overlap.{json,md,png}."""
-    import dataclasses
-
     if checkpoint is None:
         checkpoint, model = latest_checkpoint(cfg.path("train"))
     return run_overlap(checkpoint, model, dict(cfg.eval_sets), cfg.path("overlap") / "overlap.parquet",
-                       cfg.path("reports"), **dataclasses.asdict(cfg.overlap))
+                       cfg.path("reports"), cfg.overlap)
 
 
 def report(cfg: BuildConfig) -> dict[str, Any]:

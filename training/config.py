@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import field
+from pipeline.core.config import Config, field
 from pipeline.core.errors import WitError
 from training.open_clip_main import is_config_file
 
@@ -23,37 +23,41 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    """Options of ``wit train``; with nothing set they train ``wit-tiny`` on CPU in a few minutes."""
+class TrainConfig(Config, section="train"):
+    """Options of ``wit train``; with nothing set they train ``wit-tiny`` on CPU in a few minutes. Checked when
+    built (field bounds, then :meth:`check`)."""
 
     preset: str = field("auto", help="defaults for the options left unset: cpu (wit-tiny, minutes on a laptop) "
-                        "or clip (CLIP's ViT-B/32 recipe); auto: clip on CUDA, cpu otherwise")
+                        "or clip (CLIP's ViT-B/32 recipe); auto: clip on CUDA, cpu otherwise",
+                        choices=("auto", *PRESETS))
     model: str = field("auto", help="open_clip model name, or a model config JSON file (its folder is "
                        "registered); auto: the preset's (ViT-B-32 / wit-tiny)")
-    epochs: int | None = field(None, help="passes over the shards (cpu 15, clip 32)")
-    batch_size: int | None = field(None, help="batch size per device (cpu 64, clip 256)")
+    epochs: int | None = field(None, help="passes over the shards (cpu 15, clip 32)", min=1)
+    batch_size: int | None = field(None, help="batch size per device (cpu 64, clip 256)", min=1)
     global_batch: int | None = field(None, help="contrastive batch over all devices and gradient-accumulation "
-                                     "steps (open_clip --accum-freq); 0: no accumulation (cpu 0, clip 32768)")
-    lr: float | None = field(None, help="peak learning rate (cpu 2e-3, clip 5e-4)")
+                                     "steps (open_clip --accum-freq); 0: no accumulation (cpu 0, clip 32768)", min=0)
+    lr: float | None = field(None, help="peak learning rate (cpu 2e-3, clip 5e-4)", gt=0)
     wd: float | None = field(None, help="AdamW weight decay (cpu 0.1, clip 0.2)")
-    warmup: int | None = field(None, help="warm-up steps (cpu 30, clip 2000)")
+    warmup: int | None = field(None, help="warm-up steps (cpu 30, clip 2000)", min=0)
     beta1: float | None = field(None, help="Adam beta1 (clip 0.9; cpu: open_clip's default)")
     beta2: float | None = field(None, help="Adam beta2 (clip 0.98; cpu: open_clip's default)")
     eps: float | None = field(None, help="Adam epsilon (clip 1e-6; cpu: open_clip's default)")
-    lr_scheduler: str = field("cosine", help="open_clip learning-rate schedule: cosine, const, const-cooldown")
-    workers: int = field(1, help="data-loader worker processes per device (capped by the shards per device)")
+    lr_scheduler: str = field("cosine", help="open_clip learning-rate schedule: cosine, const, const-cooldown",
+                              choices=("cosine", "const", "const-cooldown"))
+    workers: int = field(1, help="data-loader worker processes per device (capped by the shards per device)", min=0)
     seed: int = field(0, help="random seed")
     precision: str = field("auto", help="open_clip precision; auto: amp_bf16 on CUDA (amp without bf16), fp32 on CPU")
     device: str = field("auto", help="cuda, cpu or auto")
     shard_urls: list[str] = field([], help="WebDataset shards to train on instead of the shards folder: local paths, "
                               "brace patterns, fsspec URLs (s3://, gs://, file://...), http(s):// or pipe:")
-    train_num_samples: int = field(0, help="samples per epoch; 0: the sum of the shards folder's sizes.json")
+    train_num_samples: int = field(0, help="samples per epoch; 0: the sum of the shards folder's sizes.json", min=0)
     launcher: str = field("auto", help="python, torchrun or auto (torchrun for several processes or nodes; "
-                          "under an outer torchrun/srun, open_clip joins that job)")
-    nproc_per_node: int = field(0, help="training processes per node; 0: every visible GPU (1 on CPU)")
+                          "under an outer torchrun/srun, open_clip joins that job)",
+                          choices=("auto", "python", "torchrun"))
+    nproc_per_node: int = field(0, help="training processes per node; 0: every visible GPU (1 on CPU)", min=0)
     nnodes: int = field(1, help="nodes (torchrun --nnodes); > 1 needs rdzv_endpoint or MASTER_ADDR; with "
                                  "$NODE_RANK or $SLURM_NODEID set the rendezvous is static (node 0 is rank 0 and "
-                                 "writes the checkpoints), else c10d ranks nodes as they arrive")
+                                 "writes the checkpoints), else c10d ranks nodes as they arrive", min=1)
     rdzv_endpoint: str = field("", help="HOST:PORT of the rendezvous for several nodes; "
                                "empty: $MASTER_ADDR:$MASTER_PORT")
     rdzv_id: str = field("wit-train", help="rendezvous id shared by the nodes of one job")
@@ -63,6 +67,14 @@ class TrainConfig:
     ray_python: str = field("", help="python on the Ray node that runs the job; empty: this interpreter's path")
     ray_runtime_env: dict = field({}, help="extra Ray runtime_env for the job (merged over the offline env vars)")
     extra_args: list[str] = field([], help="further open_clip_train arguments, passed through last")
+
+    def check(self) -> None:
+        """What open_clip or the launcher would fail on obscurely, or only after a build's earlier stages ran."""
+        if self.model.endswith(".json") and not is_config_file(self.model):
+            self.fail("model", f"model config file not found: {self.model}")
+        if self.ray_address and self.nnodes > 1:
+            self.fail("nnodes", f"a Ray job runs on one node, got nnodes={self.nnodes} with ray_address; for "
+                                "several nodes use torchrun or srun (nnodes, rdzv_endpoint)")
 
 
 @dataclasses.dataclass
@@ -88,25 +100,6 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def validate(cfg: TrainConfig) -> None:
-    """One-line errors for option values open_clip would fail on obscurely."""
-    if cfg.preset not in ("auto", *PRESETS):
-        raise WitError(f"train: unknown preset {cfg.preset!r}; known: auto, {', '.join(PRESETS)}")
-    for name in ("epochs", "batch_size", "nnodes"):
-        value = getattr(cfg, name)
-        if value is not None and value < 1:
-            raise WitError(f"train: {name} must be at least 1, got {value}")
-    if (cfg.lr is not None and cfg.lr <= 0) or (cfg.warmup or 0) < 0 or cfg.workers < 0 or (cfg.global_batch or 0) < 0:
-        raise WitError(f"train: need lr > 0 and warmup, workers, global_batch >= 0 "
-                       f"(got {cfg.lr}, {cfg.warmup}, {cfg.workers}, {cfg.global_batch})")
-    if cfg.launcher not in ("auto", "python", "torchrun"):
-        raise WitError(f"train: launcher must be auto, python or torchrun, got {cfg.launcher!r}")
-    if cfg.nproc_per_node < 0 or cfg.train_num_samples < 0:
-        raise WitError("train: nproc_per_node and train_num_samples must be >= 0")
-    if cfg.model.endswith(".json") and not is_config_file(cfg.model):
-        raise WitError(f"{cfg.model}: model config file not found")
 
 
 class TrainRunFailed(WitError):

@@ -19,7 +19,7 @@ from pipeline.core.config import to_dict
 from pipeline.core.errors import WitError
 from training.open_clip_main import OFFLINE_ENV
 from training.shards import is_url
-from training.config import REPO_ROOT, TrainConfig, TrainResult, TrainRunFailed, echo_line, validate
+from training.config import REPO_ROOT, TrainConfig, TrainResult, TrainRunFailed, echo_line
 
 RESULT_MARKER = "WIT_TRAIN_RESULT "
 EXIT_BAD_INPUT, EXIT_TRANSIENT = 2, 75  # the job's exit codes: a WitError, a killed trainer (EX_TEMPFAIL)
@@ -198,11 +198,8 @@ def submit_job(client: Any, job: dict[str, Any], address: str, agent_wait_s: flo
 
 def run_train_on_ray(shards_dir: str | Path | None, out_dir: str | Path, cfg: TrainConfig,
                      echo: Callable[[str], None] = echo_line, poll_s: float = 1.0) -> TrainResult:
-    """Submit training as a Ray job (``ray job submit`` equivalent), wait for it and return its result."""
-    validate(cfg)
-    if cfg.nnodes > 1:
-        raise WitError("train: a Ray job runs on one node; for several nodes use torchrun or srun "
-                       "(nnodes, rdzv_endpoint)")
+    """Submit training as a Ray job (``ray job submit`` equivalent), wait for it and return its result.
+    ``cfg`` was checked when built (one node only: :meth:`TrainConfig.check`)."""
     client = _connect(cfg.ray_address)
     job_id = submit_job(client, job_submission(shards_dir, out_dir, cfg), cfg.ray_address)
     echo(f"submitted Ray job {job_id} to {cfg.ray_address}\n")

@@ -34,7 +34,7 @@ from pipeline.core.errors import WitError
 from pipeline.core.io import atomic_path
 from training import launch as L
 from training.config import (EXPERIMENT, PRESET_FIELDS, PRESETS, REPO_ROOT, RESULTS_FILE, TrainConfig, TrainResult,  # noqa: F401
-                             TrainRunFailed, echo_line, validate)
+                             TrainRunFailed, echo_line)
 from training.open_clip_main import (MODEL_CONFIG_DIRS_ENV, MODEL_CONFIGS, OFFLINE_ENV, is_config_file, model_config_name,
                                      model_name_from_run)
 from training.shards import SIZES_FILE, ShardSet, is_url, read_shards, resolve_shards, shard_pattern  # noqa: F401
@@ -351,8 +351,7 @@ def run_train(shards_dir: str | Path | None, out_dir: str | Path, cfg: TrainConf
               echo: Callable[[str], None] = echo_line) -> TrainResult:
     """Train on ``shards_dir`` (or ``cfg.shard_urls``) with open_clip into ``out_dir``; resume or skip a previous
     run there. With ``cfg.ray_address`` the same runs as a Ray job on the cluster (see training.launch)."""
-    cfg = cfg or TrainConfig()
-    validate(cfg)
+    cfg = cfg or TrainConfig()  # checked when built (TrainConfig.__post_init__)
     if cfg.ray_address:
         return L.run_train_on_ray(shards_dir, out_dir, cfg, echo)
     shards = resolve_shards(shards_dir, cfg)

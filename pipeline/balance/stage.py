@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.core.config import field
+from pipeline.core.config import Config, field
 from pipeline.core.errors import WitError
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
 from pipeline.core.io import atomic_path, checked_parts, clean_tmp, write_parquet
@@ -64,27 +64,26 @@ QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
 
 
 @dataclasses.dataclass
-class BalanceConfig:
-    """Options of the balance stage."""
+class BalanceConfig(Config, section="balance"):
+    """Options of the balance stage (checked when built)."""
 
     queries: str = field("", help="query list: MetaCLIP metadata.json (JSON list of strings) or a text file, "
                          "one query per line; empty = build one from wordfreq + bigrams of the input captions, once "
                          "(kept in _queries/queries.json; delete it to rebuild)")
-    t: int = field(20_000, help="pairs per query above which a query's pairs are subsampled (CLIP: 20,000)")
+    t: int = field(20_000, min=1, help="pairs per query above which a query's pairs are subsampled (CLIP: 20,000)")
     seed: int = field(0, help="seed of the hash-based keep decision (with each pair's uid)")
-    n_unigrams: int = field(200_000, help="when building the query list: most frequent wordfreq words to take")
-    n_bigrams: int = field(100_000, help="when building the query list: highest-PMI caption bigrams to take")
-    min_bigram_count: int = field(5, help="when building the query list: least occurrences of a bigram")
-    max_corpus_rows: int = field(1_000_000, help="when building the query list: input captions read for bigrams")
+    n_unigrams: int = field(200_000, min=0, help="when building the query list: most frequent wordfreq words to take")
+    n_bigrams: int = field(100_000, min=0, help="when building the query list: highest-PMI caption bigrams to take")
+    min_bigram_count: int = field(5, min=1, help="when building the query list: least occurrences of a bigram")
+    max_corpus_rows: int = field(1_000_000, min=0, help="when building the query list: input captions read for bigrams")
     write_rejected: bool = field(True, help="write dropped rows to _rejected/ (otherwise only count them)")
-    batch_rows: int = field(65_536, key=False, help="rows per record batch read from the input parts")
+    batch_rows: int = field(65_536, min=1, key=False, help="rows per record batch read from the input parts")
     progress: bool = field(True, key=False, help="show progress bars over input parts (only on a terminal)")
 
-    def __post_init__(self) -> None:
-        if self.t < 1 or self.batch_rows < 1:
-            raise WitError(f"BalanceConfig: t and batch_rows must be >= 1 (t={self.t}, batch_rows={self.batch_rows})")
-        if min(self.n_unigrams, self.n_bigrams, self.max_corpus_rows) < 0 or self.min_bigram_count < 1:
-            raise WitError("BalanceConfig: n_unigrams, n_bigrams, max_corpus_rows must be >= 0, min_bigram_count >= 1")
+    def check(self) -> None:
+        if not self.queries and self.n_unigrams == 0 and self.n_bigrams == 0:
+            self.fail("n_unigrams", "with no query list (queries), n_unigrams or n_bigrams must be > 0 "
+                                    "to build one")
 
 
 @locked('balance', 'out_dir')

@@ -52,8 +52,9 @@ from dedup.phash import bytes_hashes
 from dedup.search import DEFAULT_MAX_DISTANCE, HashIndex
 import pipeline.download.reasons as download_reasons
 import pipeline.download.netguard_urllib as netguard
-from pipeline.core.config import field
-from pipeline.download.config import OVERLAP_FILE, SHARD_COLUMNS, SIZES_FILE, SHARD_OPTIONS, raise_first_failed, same_option, shard_checks
+from pipeline.core.config import Config, field
+from pipeline.download.config import (OVERLAP_FILE, SHARD_COLUMNS, SIZES_FILE, SHARD_OPTIONS, check_keep_columns,
+                                      same_option)
 from pipeline.download.plan import PLAN_DIR, URLS_FILE, open_plan, save_plan_record
 from pipeline.download.shard import SHARD_DIGITS, done_shards, shard_name
 from pipeline.core.errors import WitError
@@ -70,9 +71,9 @@ OVERLAP_SCHEMA = pa.schema([("eval_set", pa.string()), ("eval_id", pa.string()),
 
 
 @dataclasses.dataclass
-class Img2datasetConfig:
+class Img2datasetConfig(Config, section="img2dataset"):
     """Options of the img2dataset engine. Those it shares with ``wit download``'s :class:`DownloadConfig` have
-    its defaults and help (:func:`same_option`); ``timeout``, ``retries``, ``shard_retries`` and
+    its defaults, help and bounds (:func:`same_option`); ``timeout``, ``retries``, ``shard_retries`` and
     ``max_distance`` are its own (img2dataset's meaning, or a plain pHash radius)."""
 
     image_size: int = same_option("image_size")
@@ -85,22 +86,16 @@ class Img2datasetConfig:
     keep_columns: tuple[str, ...] = same_option("keep_columns")
     processes_count: int = same_option("processes_count")
     thread_count: int = same_option("thread_count")
-    timeout: int = field(10, help="HTTP timeout per image in seconds")
-    retries: int = field(0, help="extra download attempts per image")
-    shard_retries: int = field(1, help="re-runs of img2dataset for shards that failed")
+    timeout: float = field(10.0, gt=0, help="HTTP timeout per image in seconds")
+    retries: int = field(0, min=0, help="extra download attempts per image")
+    shard_retries: int = field(1, min=0, help="re-runs of img2dataset for shards that failed")
     allow_private_networks: bool = same_option("allow_private_networks")
-    max_distance: int = field(DEFAULT_MAX_DISTANCE, help="pHash Hamming radius for eval near-duplicates (0-64)")
+    max_distance: int = field(DEFAULT_MAX_DISTANCE, min=0, max=64,
+                                help="pHash Hamming radius for eval near-duplicates (0-64)")
     ray_address: str | None = same_option("ray_address")
 
-    def validate(self) -> None:
-        """Raise ``WitError`` for an option out of range."""
-        raise_first_failed("Img2datasetConfig", [
-            *shard_checks(self),
-            (self.thread_count > 0, "thread_count must be positive"),
-            (0 <= self.max_distance <= 64, "max_distance must be between 0 and 64"),
-            (not set(self.keep_columns) & RESERVED_COLUMNS,
-             f"keep_columns may not name img2dataset's own columns ({', '.join(sorted(RESERVED_COLUMNS))})"),
-        ])
+    def check(self) -> None:
+        check_keep_columns(self, RESERVED_COLUMNS)
 
     def shard_options(self) -> dict[str, Any]:
         """The options that decide what a finished shard contains (part of the plan fingerprint)."""

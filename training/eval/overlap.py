@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.core.config import field
+from pipeline.core.config import Config, field
 from pipeline.core.errors import WitError
 from pipeline.core.io import atomic_path, write_json, write_parquet
 from training.eval.intervals import binomial_p_greater, clopper_pearson, ratio
@@ -28,15 +28,16 @@ OVERLAP_COLUMNS = ("eval_set", "eval_id")
 
 
 @dataclasses.dataclass
-class OverlapConfig:
-    """Options of ``wit overlap`` (the keyword arguments of :func:`run_overlap`)."""
+class OverlapConfig(Config, section="overlap"):
+    """Options of ``wit overlap`` and of a build's ``overlap`` section (the options of :func:`run_overlap`)."""
 
-    templates: str = field("simple", help="prompt templates: default (4), simple (7), openai (CLIP's 80 ImageNet "
-                           "prompts) or a file (.txt one a line with {} for the class, or a .json list)")
-    batch_size: int = field(64, help="images per zero-shot batch")
+    templates: str | tuple[str, ...] = field(
+        "simple", help="prompt templates: default (4), simple (7), openai (CLIP's 80 ImageNet prompts), a file "
+        "(.txt one a line with {} for the class, or a .json list), or (in a config file) a list of templates")
+    batch_size: int = field(64, help="images per zero-shot batch", min=1)
     device: str = field("auto", help="cuda, cpu or auto (cuda when present)")
-    workers: int = field(0, help="image-loading worker processes (ImageFolder eval sets)")
-    confidence: float = field(0.995, help="confidence level of the Clopper-Pearson intervals")
+    workers: int = field(0, help="image-loading worker processes (ImageFolder eval sets)", min=0)
+    confidence: float = field(0.995, help="confidence level of the Clopper-Pearson intervals", gt=0, lt=1)
     plot: bool = field(True, help="draw reports/overlap.png (figure 17 of the CLIP paper)")
 
 
@@ -191,31 +192,31 @@ def write_reports(report: Mapping[str, Any], predictions: Sequence[dict[str, Any
 
 
 def run_overlap(checkpoint: str | Path, model_name: str | None, eval_sets: Mapping[str, Any],
-                overlap_parquet: str | Path | None, reports_dir: str | Path, templates: str | Sequence[str] = "default",
-                batch_size: int = 64, device: str = "auto", confidence: float = 0.995, workers: int = 0,
-                plot: bool = True) -> dict[str, dict[str, Any]]:
+                overlap_parquet: str | Path | None, reports_dir: str | Path,
+                cfg: OverlapConfig | None = None) -> dict[str, dict[str, Any]]:
     """Zero-shot evaluate ``checkpoint`` on each eval set and write the overlap report; return it.
 
     ``eval_sets`` maps names to an ImageFolder path, a WebDataset folder/pattern, or an
     :class:`~training.eval.zeroshot.EvalSpec` (or a mapping of its fields); ``model_name=None`` reads the model
-    from the run's ``params.txt``; ``templates`` is a set name (default, simple, openai), a templates file
-    or a list of prompt templates; ``overlap_parquet=None`` means no overlap.
+    from the run's ``params.txt``; ``overlap_parquet=None`` means no overlap; ``cfg`` holds the templates, batch
+    size, device, workers, confidence level and whether to plot (:class:`OverlapConfig`).
     Returns ``{eval_set: {n_all, n_overlap, n_clean, acc_all, acc_clean, acc_overlap, delta, p_value, ci_low,
     ci_high, overlap_pct, n_overlap_unmatched, n_classes, top5: {...}, per_class: {...}}}`` with None where a
     subset is empty.
     """
     if not eval_sets:
         raise WitError("overlap: no eval sets given")
+    cfg = cfg or OverlapConfig()
     flagged = read_overlap_ids(overlap_parquet)
-    lm = load_model(checkpoint, model_name, device)
+    lm = load_model(checkpoint, model_name, cfg.device)
     report: dict[str, dict[str, Any]] = {}
     predictions: list[dict[str, Any]] = []
     for name, spec in sorted(eval_sets.items()):
-        rows = classify_eval_set(lm, spec, templates, batch_size, workers)
+        rows = classify_eval_set(lm, spec, cfg.templates, cfg.batch_size, cfg.workers)
         ids = flagged.get(name, set())
-        report[name] = eval_set_stats(rows, ids, confidence)
+        report[name] = eval_set_stats(rows, ids, cfg.confidence)
         report[name]["n_overlap_unmatched"] = len(ids - {r["eval_id"] for r in rows})
         report[name]["n_classes"] = len(report[name]["per_class"])
         predictions += [{"eval_set": name, **r, "overlap": r["eval_id"] in ids} for r in rows]
-    write_reports(report, predictions, reports_dir, confidence, plot)
+    write_reports(report, predictions, reports_dir, cfg.confidence, cfg.plot)
     return report

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
+from pipeline.core.config import Config, config_from_dict, field
 from pipeline.core.errors import WitError
 from training.open_clip_main import model_config_name, model_name_from_run, register_model_configs
 from training.shards import is_url, webdataset_url
@@ -42,13 +43,16 @@ class LoadedModel:
 
 
 @dataclasses.dataclass
-class EvalSpec:
+class EvalSpec(Config, section="eval_set"):
     """One eval set: ``path`` is an ImageFolder root, a folder of ``.tar`` shards, or a shard pattern/URL."""
 
     path: str
-    kind: str = "auto"  # imagefolder | webdataset | auto (webdataset when the path has .tar shards)
-    classnames: str | list[str] | None = None  # file or list; default: classnames.txt/json beside the shards
-    label_key: str = "auto"  # cls | txt | json | auto (the first present)
+    kind: str = field("auto", help="imagefolder, webdataset or auto (webdataset when the path has .tar shards)",
+                      choices=("auto", "imagefolder", "webdataset"))
+    classnames: str | list[str] | None = field(None, help="class names: a file (.txt one a line, or a .json "
+                                               "list) or a list; default: classnames.txt/json beside the shards")
+    label_key: str = field("auto", help="cls, txt, json or auto (the first present)",
+                           choices=("auto", "cls", "txt", "json"))
 
 
 def class_prompt_name(folder_name: str) -> str:
@@ -115,10 +119,9 @@ def eval_spec(value: str | Path | Mapping[str, Any] | EvalSpec) -> EvalSpec:
     if isinstance(value, EvalSpec):
         return value
     if isinstance(value, Mapping):
-        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(EvalSpec)})
-        if unknown or "path" not in value:
-            raise WitError(f"eval set {dict(value)!r}: needs 'path'; unknown keys: {', '.join(unknown) or 'none'}")
-        return EvalSpec(**{**value, "path": str(value["path"])})
+        if "path" not in value:
+            raise WitError(f"eval set {dict(value)!r}: needs 'path'")
+        return config_from_dict(EvalSpec, {**value, "path": str(value["path"])})
     return EvalSpec(str(value))
 
 
@@ -140,9 +143,7 @@ def shard_urls(path: str) -> list[str]:
 
 
 def eval_kind(spec: EvalSpec) -> str:
-    if spec.kind != "auto":
-        if spec.kind not in ("imagefolder", "webdataset"):
-            raise WitError(f"{spec.path}: eval set kind must be imagefolder, webdataset or auto, got {spec.kind!r}")
+    if spec.kind != "auto":  # imagefolder or webdataset (EvalSpec checks its choices)
         return spec.kind
     return "webdataset" if shard_urls(spec.path) else "imagefolder"
 
