@@ -1,16 +1,8 @@
 """The ``train-wit`` Prefect flow: train where the GPUs are, wait, run the overlap analysis, publish it.
 
-Training runs on this machine (one process, or torchrun over its GPUs) or, when the build config's
-``train.ray_address`` is set, as a Ray job on a cluster GPU node (``training.launch``); either way the flow
-waits for it. Then the zero-shot overlap analysis of CLIP section 5 runs here, and its results are attached
-to the flow run as artifacts: a markdown report (``train-wit-overlap``), a table (``train-wit-overlap-table``),
-the figure-17 plot as an image (``train-wit-overlap-plot``, a PNG data URL) and a link to
-``reports/overlap.png``.
-
-``build-wit`` runs its train and overlap stages as this flow (a subflow run, with the same ``config`` /
-``config_path`` the parent got), so its artifacts sit under the build's flow run. Standalone:
+Entry point: :func:`train_wit` (also ``build-wit``'s subflow for its train and overlap stages); standalone:
 ``python -m flows.train_flow --config FILE`` (no server needed; ephemeral API).
-"""
+Where training runs and which artifacts are published: docs/training.md ("The train-wit flow")."""
 from __future__ import annotations
 
 import argparse

@@ -1,11 +1,8 @@
 """open_clip_train's entry point with wit-builder's model configs registered.
 
-Run as ``python -m training.open_clip_main ARGS`` (the same ARGS as ``python -m open_clip_train.main``,
-also under ``torchrun -m training.open_clip_main``); ``training.train.run_train`` launches it in a
-subprocess. Besides ``training/model_configs``, the folders in ``$WIT_MODEL_CONFIG_DIRS`` (os.pathsep
-separated) are registered, and ``--model path/to/config.json`` registers that file's folder and trains
-the model named after the file.
-"""
+Run as ``python -m training.open_clip_main ARGS`` (the same ARGS as ``python -m open_clip_train.main``); registers
+``training/model_configs``, ``$WIT_MODEL_CONFIG_DIRS`` and ``--model path/to/config.json`` files' folders.
+Details: docs/training.md ("Model configs")."""
 from __future__ import annotations
 
 import atexit

@@ -1,18 +1,8 @@
 """The ``train`` stage: contrastive training with open_clip on the WebDataset shards.
 
-open_clip runs in a subprocess (``python -m training.open_clip_main``, which registers our model configs;
-under ``torchrun`` for several GPUs or nodes, see :mod:`training.launch`) with its output streamed through,
-or as a Ray job on a cluster's GPU node when ``ray_address`` is set. Success is judged by the checkpoint
-open_clip writes (``out_dir/wit/checkpoints/epoch_<epochs>.pt``), not by its exit code: open_clip returns
-quietly when it refuses to run. Every launch passes ``--resume latest`` with ``--save-most-recent``, so a
-killed run continues from its last finished epoch, a run asked for more epochs continues from the last one,
-and a run whose final checkpoint exists is skipped.
-
-Options left unset come from a preset: ``cpu`` (wit-tiny, trains in minutes on a laptop) or ``clip`` (the
-CLIP paper's ViT-B/32 recipe for GPUs: global batch 32,768 through gradient accumulation, lr 5e-4, wd 0.2,
-2,000 warm-up steps, cosine schedule, Adam betas (0.9, 0.98), eps 1e-6, bf16 autocast; temperature init
-0.07 is open_clip's default logit scale).
-"""
+Entry point: :func:`run_train` runs ``python -m training.open_clip_main`` (locally, under torchrun or as a Ray
+job, see :mod:`training.launch`), judges success by the final checkpoint and resumes from the latest one;
+unset options come from the ``cpu`` or ``clip`` preset. Details: docs/training.md ("The train stage")."""
 from __future__ import annotations
 
 import dataclasses

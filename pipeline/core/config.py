@@ -1,19 +1,9 @@
 """The config contract: typed stage configs that are checked when they are built, and drive ``wit`` options
 and ``--config`` files.
 
-Every stage config is a ``@dataclass`` deriving from :class:`Config`; its fields are made with :func:`field`
-(a help text, and optional ``min``/``max``/``gt``/``lt`` bounds and ``choices``). Building one, however it is
-built (keywords, :func:`config_from_dict` from YAML/JSON, :func:`config_from_args` from the command line,
-``dataclasses.replace``), runs :func:`check_fields` (each value against its type annotation, then its bounds)
-and then the config's :meth:`Config.check` hook (rules between fields). A bad value is a :class:`ConfigError`:
-one line naming the key, the value and what was expected, e.g.
-``download.image_size: expected an integer >= 1, got -5``.
-
-Types: a ``bool`` is exactly true or false (a string is not), an ``int`` is not a bool, a ``float`` takes an
-int, a ``str`` takes a path; ``tuple[str, ...]``/``list[str]`` take a list or tuple of such items (a plain
-string is refused, never split into letters) and are stored as the annotated container; ``dict``; ``X | None``;
-a nested config takes an instance or a mapping of its options. Bounds and choices apply to the items of lists.
-"""
+Every stage config is a ``@dataclass`` deriving from :class:`Config` (build and check order there), its fields
+made with :func:`field` and checked by :func:`check_fields` (the type rules); a bad value is a :class:`ConfigError`,
+one line naming the key, the value and what was expected: ``download.image_size: expected an integer >= 1, got -5``."""
 from __future__ import annotations
 
 import argparse
@@ -72,8 +62,11 @@ def field(default: Any, help: str, *, min: float | None = None, max: float | Non
 
 
 class Config:
-    """Base of every stage config (a dataclass): checked when built, see the module doc.
+    """Base of every stage config (a dataclass): checked when built.
 
+    However it is built (keywords, :func:`config_from_dict` from YAML/JSON, :func:`config_from_args` from the
+    command line, ``dataclasses.replace``), :func:`check_fields` runs (each value against its type annotation,
+    then its bounds) and then the :meth:`check` hook (rules between fields).
     ``class DownloadConfig(Config, section="download")`` names the section its errors start with; override
     :meth:`check` for rules between fields (it may also normalise values) and raise with :meth:`fail`."""
 
@@ -112,7 +105,13 @@ def _is_section(tp: Any) -> bool:
 
 def check_fields(cfg: Any) -> None:
     """Check each field of the dataclass ``cfg`` against its type and bounds; store converted values (list ->
-    tuple for tuple fields, int -> float, path -> str, mapping -> nested config)."""
+    tuple for tuple fields, int -> float, path -> str, mapping -> nested config).
+
+    Types: a ``bool`` is exactly true or false (a string is not), an ``int`` is not a bool, a ``float`` takes an
+    int, a ``str`` takes a path; ``tuple[str, ...]``/``list[str]`` take a list or tuple of such items (a plain
+    string is refused, never split into letters) and are stored as the annotated container; ``dict``;
+    ``X | None``; a nested config takes an instance or a mapping of its options. Bounds and choices apply to the
+    items of lists."""
     cls = type(cfg)
     section = getattr(cls, "section", "")
     for f in dataclasses.fields(cfg):

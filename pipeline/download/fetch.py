@@ -1,17 +1,8 @@
 """Polite, bounded HTTP fetching for the download workers (urllib3, one pool per download task).
 
-Per image: the address guard (:mod:`pipeline.download.netguard`) before every hop and on every new connection;
-at most ``max_per_host`` concurrent requests per host (a semaphore per host, per task: one task runs per
-worker process, so a host sees at most ``max_per_host`` x workers); an identifiable User-Agent;
-redirects followed by hand, at most ``max_redirects``; connect/read timeouts plus a deadline for the
-whole image (a body dripping in slowly fails as ``timeout``); a byte cap (``too_large``, checked against
-Content-Length first); ``X-Robots-Tag`` opt-outs (``opted_out``). Connections are kept alive and reused.
-Retryable failures (see :mod:`pipeline.download.reasons`: 429, 5xx, timeouts, connection errors) are
-retried ``retries`` times after the server's ``Retry-After`` (seconds or HTTP-date) when it sends one, else
-after an exponential backoff with jitter; a ``Retry-After`` over :data:`MAX_RETRY_AFTER` ends the retries
-(the row keeps its retryable reason for ``retry_failed``): never asking sooner than the server said.
-Non-string URLs are ``bad_type``, malformed ones ``bad_url``: a per-row failure, never the shard's.
-"""
+:class:`Fetcher` (made by :func:`new_fetcher`) fetches each image behind the address guard, with per-host
+limits, redirects, timeouts, byte cap, ``X-Robots-Tag`` opt-outs and ``Retry-After``-aware retries.
+The rules in full: docs/download.md ("Fetching politely")."""
 from __future__ import annotations
 
 import contextlib

@@ -1,20 +1,8 @@
 """Decode once, guard, hash, resize, encode: what a download worker does with each image body.
 
-1. **header** (PIL, no pixel decoded yet): no image format -> ``not_image``; width x height over
-   ``max_image_pixels`` -> ``too_large`` (decompression bombs never reach the decoder);
-   shorter side under ``min_image_size`` -> ``image_too_small``.
-2. **decode** once: with ``fast_decode``, RGB/grayscale JPEGs by cv2 at the smallest DCT scale (1/1 to 1/8)
-   that still covers the output size and ``HASH_MIN_SIDE``; everything else by PIL, transparency flattened
-   on white as img2dataset does. Corrupt or cut-short data -> ``decode_error``.
-3. **hash** the whole decoded image, before any resize, crop or letterbox: ``dedup.phash.hash_columns``
-   (``phash``/``phash_flip`` as ``image_hashes``, plus the robust columns ``wit dedup`` reuses) of its
-   grayscale view (:func:`hash_view`).
-4. **resize and encode** with img2dataset's ``Resizer`` semantics (:class:`Resizer`: same modes, sizes,
-   interpolations, crop/pad geometry and cv2 encoding; with ``fast_decode`` off the output is
-   pixel-identical to img2dataset's, see tests) on the decoded array. img2dataset itself is not imported
-   in the workers: its package import pulls in torch and wandb (seconds per worker). The output size is
-   computed from the original dimensions, so a reduced-scale decode yields the same size as a full one.
-"""
+:class:`ImageProcessor` checks the header, decodes once, hashes the original (:func:`hash_view`) and
+resizes/encodes with img2dataset's semantics (:class:`Resizer`). Steps and reasons: docs/download.md
+("Image processing")."""
 from __future__ import annotations
 
 import dataclasses

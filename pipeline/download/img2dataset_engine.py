@@ -1,27 +1,8 @@
 """The ``img2dataset`` download engine (``wit download --engine img2dataset``): img2dataset's own
 downloader on Ray, for parity with existing pipelines; the default engine is ``pipeline.download.stage``'s.
 
-Download stage: fetch, resize and re-encode images with img2dataset on Ray, hash them, find eval overlap.
-
-``run_download(input_dir, shards_dir, cfg, eval_indexes, overlap_dir)``:
-
-1. **plan** (driver): read the parquet parts (``url`` required; ``caption`` and ``cfg.keep_columns``
-   kept when present), refuse non-http(s) URLs (``bad_url``) and private hosts (``private_address``,
-   see :mod:`pipeline.download.netguard`) into ``shards_dir/_refused.parquet``, and stage the rest as
-   ``shards_dir/_input/urls.parquet`` with a fingerprint of the input bytes and shard-shaping options.
-   A re-run reuses the plan, so shard N always holds the same rows.
-2. **download**: ``img2dataset.download(distributor="ray", output_format="webdataset",
-   incremental_mode="incremental")`` into ``shards_dir`` (``00000.tar``, ``00000.parquet``,
-   ``00000_stats.json``); its Ray tasks run behind the peer-address guard. Shards without a
-   ``_stats.json`` are retried ``shard_retries`` times, then removed and counted as ``shard_failed``.
-3. **hash and match** (one Ray task per shard): decode each image once, add ``phash`` and
-   ``phash_flip`` (int64) to the shard parquet (rewritten atomically; skipped when already there),
-   and search the eval indexes (:mod:`dedup.search`).
-4. **outputs**: ``overlap_dir/overlap.parquet`` (``eval_set``, ``eval_id``, ``key``, ``distance``,
-   ``url``), ``shards_dir/sizes.json`` (samples per tar, for open_clip) and ``shards_dir/_stats.json``.
-
-Every input row ends up in exactly one shard parquet row or ``_refused.parquet`` row.
-"""
+Entry point: :func:`run_img2dataset_download` (plan, download, hash and match, outputs); every input row ends
+up in a shard parquet or ``_refused.parquet``. Details: docs/download.md ("The img2dataset engine")."""
 from __future__ import annotations
 
 import contextlib
@@ -466,8 +447,8 @@ def _write_outputs(plan: Plan, shards_dir: Path, overlap_dir: Path, results: lis
 def run_img2dataset_download(input_dir: str | os.PathLike, shards_dir: str | os.PathLike,
                              cfg: Img2datasetConfig | None = None, eval_indexes: dict[str, Path] | None = None,
                              overlap_dir: str | os.PathLike | None = None) -> StageStats:
-    """:func:`pipeline.download.stage.run_download` done by img2dataset: same arguments, the outputs of the
-    module doc; re-running on a finished folder redoes nothing."""
+    """:func:`pipeline.download.stage.run_download` done by img2dataset: same arguments, the outputs of
+    docs/download.md; re-running on a finished folder redoes nothing."""
     start = time.time()
     cfg = cfg or Img2datasetConfig()
     cfg.validate()

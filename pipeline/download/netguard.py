@@ -1,29 +1,8 @@
 """Keep the downloader off private networks (SSRF guard).
 
-An :class:`AddressPolicy` says which peer addresses may be contacted: globally routable unicast ones,
-plus ``allowed_networks`` (CIDRs an operator opts in, e.g. a local mirror), or everything when
-``allow_private`` is set. Refused: loopback, RFC 1918, link-local (incl. the cloud metadata service
-169.254.169.254), CGNAT, multicast, reserved, local-use NAT64, and IPv6 addresses that carry a refused
-IPv4 address (IPv4-mapped ``::ffff:0:0/96``, IPv4-compatible ``::/96``, IPv4-translated
-``::ffff:0:0:0/96``, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``, Teredo ``2001::/32`` server and
-(inverted) client). Two layers:
-
-1. :func:`url_refusal` / :func:`screen_urls` (download workers, before each request and each redirect
-   hop), with no DNS lookup: ``bad_type`` for a URL that is not a string; ``bad_url`` for null, empty,
-   longer than :data:`MAX_URL_LENGTH`, not http(s), a port out of 1-65535, a host with ``%``, ``\\``,
-   spaces or other characters no host name has, an IPv6 zone id, and for any IPv4 literal that is not
-   canonical dotted-quad (decimal ``2130706433``, hex ``0x7f.1``, octal ``0177.0.0.1``, short ``127.1``,
-   trailing dot): those are always refused, as ``private_address`` when the address they denote (as
-   ``inet_aton`` reads them) is refused by the policy, else ``bad_url``. Then ``private_address`` for a
-   host that is, or resolves to (``getaddrinfo``, cached per host and process, every address), a refused
-   address. Hosts are taken as both urllib and urllib3 parse the URL (they differ on odd URLs), each checked.
-   Unresolvable hosts pass (the fetch then fails with ``dns_error``).
-2. :func:`pool_manager` (the workers' urllib3 pools): each new connection resolves its host, refuses it
-   (before any packet is sent to it) unless the policy permits every address, and connects to those checked
-   addresses only, never resolving again: DNS rebinding cannot reach a refused host, and a refused port is
-   never probed. The Host header, TLS SNI and certificate checks still use the host name. Such fetches
-   fail with "private address refused".
-"""
+:class:`AddressPolicy` says which peer addresses may be contacted; two layers enforce it: :func:`url_refusal` /
+:func:`screen_urls` before each request and redirect hop, and :func:`pool_manager` on every new connection
+(checked addresses only, no re-resolving). Refused ranges and rules: docs/download.md ("The network guard")."""
 from __future__ import annotations
 
 import dataclasses

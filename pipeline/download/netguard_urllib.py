@@ -1,17 +1,8 @@
 """Address guard of the img2dataset engine (urllib connections). Keep the downloader off private networks (SSRF guard).
 
-Two layers, both off when ``allow_private_networks`` is set:
-
-1. :func:`screen_urls` (driver, before downloading): :func:`pipeline.download.netguard.url_refusal` of each URL
-   (malformed URLs, non-canonical IPv4 literals and hosts with ``%`` refused before any DNS lookup; then
-   every address the host resolves to checked, cached per host).
-2. :func:`set_guard` (each download worker): a urllib opener whose connections resolve the host, refuse
-   it unless every address is permitted (before any packet is sent), then connect to those addresses only,
-   never resolving again, so redirects and DNS rebinding cannot reach a private host either; such fetches
-   fail with "private address refused". The Host header, SNI and certificate checks keep the host name.
-
-URL parsing, the address policy and the error type are :mod:`pipeline.download.netguard`'s (the default engine's guard).
-"""
+Two layers, both off when ``allow_private_networks`` is set: :func:`screen_urls` (driver) and :func:`set_guard`
+(each worker's urllib opener); URL parsing, the address policy and the error type are
+:mod:`pipeline.download.netguard`'s. Details: docs/download.md ("Its address guard")."""
 from __future__ import annotations
 
 import functools
@@ -46,7 +37,7 @@ def screen_urls(urls: Iterable[Any], allow_private_networks: bool = False, threa
 
 def _pinned_create_connection(policy: AddressPolicy, address: tuple[str, int], *args: Any,
                               **kwargs: Any) -> socket.socket:
-    """``socket.create_connection`` to the checked addresses of ``address``'s host only (see module doc)."""
+    """``socket.create_connection`` to the checked addresses of ``address``'s host only (see docs/download.md)."""
     host, port = address
     errors: list[OSError] = []
     for ip in pinned_addresses(host, port, policy):

@@ -1,25 +1,7 @@
 """Drop reasons of the download stage: one short, stable name per failed URL (the shard parquet's ``reason``).
 
-| reason | meaning | retryable |
-| --- | --- | --- |
-| ``bad_url`` | null, empty, too long, not http(s), bad port or malformed host (:mod:`pipeline.download.netguard`) | no |
-| ``bad_type`` | the URL is not a string (e.g. an integer column) | no |
-| ``private_address`` | host is, resolves to or redirects to a loopback/private/link-local address | no |
-| ``http_404``, ``http_403``, ``http_410``, ``http_4xx``, ``http_3xx`` | HTTP status | no |
-| ``http_429``, ``http_5xx`` | rate limited, server error (``Retry-After`` honoured) | yes |
-| ``timeout`` | connect/read timeout, or the whole image took longer than ``timeout`` | yes |
-| ``connection_error`` | refused, reset, closed early | yes |
-| ``truncated`` | body shorter than its Content-Length | yes |
-| ``dns_error``, ``ssl_error`` | name does not resolve, TLS failure | no |
-| ``too_many_redirects`` | more than ``max_redirects`` hops (loops included) | no |
-| ``opted_out`` | ``X-Robots-Tag`` with a disallowed directive (noai, noimageai, noindex, ...) | no |
-| ``too_large`` | body over ``max_image_bytes`` or header over ``max_image_pixels`` | no |
-| ``not_image`` | no image format recognised (HTML, text, random bytes) | no |
-| ``decode_error`` | an image header but undecodable data (corrupt, cut short) | no |
-| ``image_too_small`` | shorter side under ``min_image_size`` | no |
-| ``eval_duplicate`` | near-duplicate of an eval image, left out (``drop_eval_duplicates``) | no |
-| ``shard_failed`` | the whole shard task failed after its retries (run stats only) | re-run |
-"""
+:func:`error_reason` maps a status and error message to a reason, :func:`is_retryable` tells the retryable
+ones (:data:`RETRYABLE_REASONS`). The table of reasons: docs/download.md ("Drop reasons")."""
 from __future__ import annotations
 
 import re

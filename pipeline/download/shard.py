@@ -1,27 +1,8 @@
 """One shard, in one Ray task: fetch, decode once, hash, match eval sets, resize, write, commit.
 
-:func:`download_shard` reads row group ``shard_id`` of the staged URL list, fetches its URLs on
-``thread_count`` threads (:mod:`pipeline.download.fetch`) while the task's main thread turns each body
-into a sample (:mod:`pipeline.download.image`), and writes img2dataset's shard contract into a private
-staging folder ``_work/<shard>-<token>/``:
-
-- ``<shard>.tar``: ``<key>.<ext>``, ``<key>.txt``, ``<key>.json`` per successful URL;
-- ``<shard>.parquet``: one row per URL, sorted by key: the input columns, ``key``, ``status``
-  (``success``, ``failed_to_download``, ``failed_to_resize``, or ``filtered`` for dropped eval
-  duplicates), ``error_message``, ``reason`` (see :mod:`pipeline.download.reasons`), sizes, ``sha256``
-  of the downloaded bytes, and ``dedup.phash.HASH_SCHEMA`` of the decoded original (``phash``,
-  ``phash_flip``, trimmed variants, DCT sign hashes: ``wit dedup`` reuses them); the sample's json holds the
-  same fields but the binary DCT hashes;
-- ``<shard>_stats.json``: img2dataset's per-shard stats plus ``reasons``;
-- the shard's eval overlap rows (``_overlap/<shard>.parquet``, tagged with the eval fingerprint).
-
-**Commit**: a ``COMMIT`` marker, then each file is renamed into place, ``_stats.json`` last (a shard is
-done when its stats file exists). :func:`recover` (driver, before a run) finishes committed staging
-folders and deletes the rest, so a killed run or worker never leaves a half-written shard behind.
-
-:func:`retry_shard` re-fetches a finished shard's URLs that failed with a retryable reason and commits
-the merged shard the same way: old samples are copied minus the retried keys, so no key can appear twice.
-"""
+:func:`download_shard` writes img2dataset's shard contract into a staging folder and commits it atomically;
+:func:`recover` cleans up after a killed run, :func:`retry_shard` re-fetches retryable failures.
+Shard layout and commit protocol: docs/download.md ("One shard")."""
 from __future__ import annotations
 
 import dataclasses
@@ -349,7 +330,7 @@ def _roll_forward(staging: Path, shards_dir: Path) -> None:
 
 
 def commit(staging: Path, shards_dir: Path, shard_id: int) -> None:
-    """Make a staged shard final (see module doc); stale staging of the same shard is dropped first."""
+    """Make a staged shard final (see docs/download.md); stale staging of the same shard is dropped first."""
     for other in (shards_dir / WORK_DIR).glob(f"{shard_name(shard_id)}-*"):
         if other != staging:
             shutil.rmtree(other, ignore_errors=True)

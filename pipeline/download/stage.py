@@ -1,29 +1,8 @@
 """Download stage: fetch, hash, match, resize and re-encode images on Ray into img2dataset-style shards.
 
-``run_download(input_dir, shards_dir, cfg, eval_indexes, overlap_dir)``:
-
-1. **recover** leftovers of a killed run (:func:`pipeline.download.shard.recover`).
-2. **plan** (driver): stream the input parts into ``shards_dir/_input/urls.parquet``, one row group
-   per shard (:mod:`pipeline.download.plan`); a re-run on the same input reuses it.
-3. **download** (one Ray task per unfinished shard, :mod:`pipeline.download.shard`): fetch behind the
-   address guard with per-host limits, opt-out headers, byte/pixel caps and timeouts
-   (:mod:`pipeline.download.fetch`); decode each image once, hash it before resizing (pHash, mirrored,
-   border-trimmed and DCT sign hashes), match it against the eval indexes with the robust detector of
-   ``wit dedup`` (:mod:`dedup.match`: flips, crops, padding, rotations), resize/encode it with img2dataset's
-   semantics (:mod:`pipeline.download.image`);
-   commit the shard atomically. Ray retries a task whose worker died or that raised (``shard_retries``);
-   shards still failing are counted as ``shard_failed`` and redone by the next run.
-   With ``retry_failed``, finished shards re-fetch their retryable failures and are re-committed merged.
-4. **outputs**: ``overlap_dir/overlap.parquet`` (``eval_set``, ``eval_id``, ``key``, ``distance``,
-   ``dct_distance``, ``variant``, ``url``;
-   shards matched against other eval indexes are re-matched from their stored hashes),
-   ``shards_dir/sizes.json`` (samples per tar, for open_clip) and ``shards_dir/_stats.json``.
-
-Every input row ends up as exactly one row of exactly one shard parquet (refused URLs included, with
-``status`` ``failed_to_download`` and ``reason`` ``bad_url``/``private_address``), unless its whole shard
-failed (``shard_failed`` in the run stats). Local Ray by default; ``ray_address``/``$RAY_ADDRESS`` for
-a cluster, whose workers must see ``shards_dir`` (a shared filesystem, as for img2dataset).
-"""
+Entry point: ``run_download(input_dir, shards_dir, cfg, eval_indexes, overlap_dir)`` (``wit download``):
+recover, plan, one Ray task per unfinished shard, then ``overlap.parquet``, ``sizes.json`` and ``_stats.json``.
+Steps, outputs and guarantees: docs/download.md."""
 from __future__ import annotations
 
 import dataclasses
@@ -202,7 +181,7 @@ def write_outputs(plan: Plan, shards_dir: Path, overlap_dir: Path, indexes: dict
 def run_download(input_dir: str | os.PathLike, shards_dir: str | os.PathLike, cfg: DownloadConfig | None = None,
                  eval_indexes: dict[str, Path] | None = None, overlap_dir: str | os.PathLike | None = None
                  ) -> StageStats:
-    """Download the pairs in ``input_dir`` into WebDataset shards in ``shards_dir`` (see module doc).
+    """Download the pairs in ``input_dir`` into WebDataset shards in ``shards_dir`` (see docs/download.md).
 
     ``eval_indexes`` maps eval-set names to their index folders (``eval/<name>``); ``overlap_dir``
     defaults to ``overlap/`` beside ``shards_dir``. Re-running on a finished folder redoes nothing.

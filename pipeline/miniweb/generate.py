@@ -1,33 +1,8 @@
 """The generated "mini-web": a small, reproducible stand-in for the web that tests and the demo crawl.
 
-``generate_miniweb(root, base_url, n_pairs, seed)`` writes
-
-- ``root/web/``: what the server serves: JPEG images of coloured shapes, the HTML pages, an index;
-- ``root/archives/pages.warc.gz``: WARC ``request``/``response`` records of half of the pages, and
-  ``root/archives/pages.wat.gz``: Common Crawl-style WAT ``metadata`` records (JSON ``Envelope``) of the
-  other half. Every candidate pair is in exactly one archive; crawling both gives ``n_pairs``
-  (url, caption, page_url) candidates. Pages also hold ``<img>`` tags a crawler must drop (no or empty
-  alt, ``data:`` and ``javascript:`` sources), counted in the manifest's ``non_candidates``;
-- ``root/eval/<color>_<shape>/<NNN>.jpg``: an ImageFolder evaluation set (8 classes);
-- ``root/manifest.json``: the ground truth. ``pairs`` has one entry per candidate (``index``, ``url``,
-  ``caption``, ``page_url``, ``archive``, ``src`` as written in the page, ``kind``, ``lang``, ``scene``;
-  ``eval_id`` and ``near_duplicate`` for eval near-duplicates; ``duplicate_of`` for duplicates);
-  ``urls`` maps each planted image URL to ``kind`` (of the pair that planted it; duplicates reuse a good
-  URL and only raise its ``duplicates`` count), ``path`` under ``web/``, ``status`` (200/404),
-  ``content_type``, ``delay_s`` (and ``eval_id``/``edit``); ``counts`` has the number of pairs per kind
-  (summing to ``n_pairs``); ``archives``, ``non_candidates``, ``eval`` and ``phash`` hold summaries.
-
-Kinds: good, filename_caption, non_english, duplicate (same URL and caption on another page), dead (404),
-slow (1 s delay), corrupt (truncated JPEG or random bytes), html (a page at an image URL) and
-eval_near_duplicate (an eval image re-encoded at low quality, resized, ~10% cropped or flipped).
-
-Generated images are checked with the same perceptual hash the pipeline uses: ordinary web images are
-kept at least ``WEB_EVAL_MIN_DISTANCE`` bits from every eval image, near-duplicates within
-``NEAR_DUP_MAX_DISTANCE`` of their source (of its mirror image for flips).
-
-``serve_miniweb(root)`` (context manager) and ``serve_forever(root, host, port)`` serve ``root/web``;
-start the server first (port 0 picks a free port) and generate with its ``base_url``.
-"""
+Entry point: ``generate_miniweb(root, base_url, n_pairs, seed)`` writes ``root/web/`` (served by
+``serve_miniweb``), WARC/WAT archives, an ImageFolder eval set and ``root/manifest.json`` (the ground truth).
+Layout, manifest fields and kinds: docs/miniweb.md."""
 from __future__ import annotations
 
 import argparse

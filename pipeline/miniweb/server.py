@@ -1,13 +1,8 @@
 """The mini-web's HTTP server: a real threaded server on 127.0.0.1 serving ``root/web``.
 
-Behaviour comes from the files and paths that :func:`pipeline.miniweb.generate.generate_miniweb` writes, so the
-server keeps no state and serves files created after it started:
-
-- a missing file is a 404 (dead links are simply not written);
-- paths under ``/slow/`` are answered after ``slow_delay_s`` (1 s by default);
-- the Content-Type is sniffed from the body first (JPEG, PNG, GIF, HTML), then guessed from the name:
-  an HTML page stored at ``.jpg`` goes out as ``text/html``, random bytes at ``.jpg`` as ``image/jpeg``.
-"""
+Stateless: 404s, ``/slow/`` delays and content types follow from the files
+:func:`pipeline.miniweb.generate.generate_miniweb` writes. Entry points: :func:`serve_miniweb` (context manager),
+:func:`serve_forever`. Behaviour in full: docs/miniweb.md ("Serving")."""
 from __future__ import annotations
 
 import contextlib

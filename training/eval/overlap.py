@@ -1,13 +1,8 @@
 """The ``overlap`` stage: CLIP paper section 5 ("Data overlap analysis").
 
-Per eval set, the images the duplicate detector matched to training images (``overlap.parquet``) form
-*Overlap*, the rest *Clean*, and both together *All*. We report zero-shot accuracy on each, the
-difference All - Clean, a one-sided binomial test of the Overlap accuracy against the Clean accuracy
-(H1: Overlap is more accurate) and a 99.5% Clopper-Pearson interval on the Overlap accuracy.
-Accuracies, delta and the interval are fractions in [0, 1]; ``overlap_pct`` is a percentage. The same
-figures for top-5 accuracy are under ``top5``, and per class under ``per_class``. ``reports/overlap.png``
-plots them like the paper's figure 17 (see :mod:`training.eval.plots`).
-"""
+Entry point: :func:`run_overlap`: zero-shot accuracy per eval set on *Overlap* (images matched in
+``overlap.parquet``), *Clean* and *All*, with a binomial test and Clopper-Pearson intervals, plotted by
+:mod:`training.eval.plots`. What is reported and in which units: docs/training.md ("The overlap analysis")."""
 from __future__ import annotations
 
 import dataclasses

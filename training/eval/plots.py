@@ -1,11 +1,7 @@
 """``reports/overlap.png``: the overlap analysis drawn like figure 17 of the CLIP paper.
 
-Left: per eval set, the difference in zero-shot accuracy All − Clean (percentage points) against the
-detected overlap (%), with the 99.5% Clopper-Pearson interval of the Overlap accuracy carried over to the
-difference (All − Clean = f·(acc_overlap − acc_clean), f the overlap fraction); filled markers are
-significant at p < 1e-3 (one-sided binomial test). Right: top-1 accuracy on All, Clean and Overlap per eval
-set, with 99.5% Clopper-Pearson intervals. Rendered with matplotlib's Agg backend, written atomically.
-"""
+Entry point: :func:`plot_overlap` (All − Clean against the detected overlap, and top-1 accuracy per subset);
+what each panel shows: docs/training.md ("The figure")."""
 from __future__ import annotations
 
 from pathlib import Path

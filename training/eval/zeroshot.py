@@ -1,12 +1,8 @@
 """Zero-shot classification with an open_clip checkpoint (CLIP section 3.1.2), batched, on the GPU when present.
 
-Eval sets (:class:`EvalSpec`) are an ImageFolder (class names from the folder names, ``red_circle`` ->
-"red circle") or WebDataset shards whose label is a ``.cls`` int (index into a class-names file), a ``.txt``
-class name or a ``.json`` ``{"label": int or name}``; the class names file (``.txt`` one a line, or ``.json``
-list) is given or found as ``classnames.txt``/``classnames.json`` beside the shards. Each class's text
-embedding is the mean over the prompt templates (:mod:`training.eval.templates`). Heavy imports (torch,
-open_clip) happen inside the functions.
-"""
+Entry points: :func:`load_model`, :func:`build_classifier`, :func:`classify_eval_set` on an :class:`EvalSpec`
+(ImageFolder or WebDataset shards). Heavy imports (torch, open_clip) happen inside the functions.
+Eval set formats and class names: docs/training.md ("Zero-shot classification")."""
 from __future__ import annotations
 
 import dataclasses
