@@ -1,11 +1,15 @@
 """The one way stages start or join Ray: the caller's Ray when initialised, else the cluster at ``address``
-(or ``$RAY_ADDRESS``), else a local Ray with ``num_cpus`` CPUs that is shut down afterwards."""
+(or ``$RAY_ADDRESS``), else a local Ray with ``num_cpus`` CPUs that is shut down afterwards.
+
+A local Ray stays local: every process of it listens on 127.0.0.1 only, and none asks cloud metadata servers
+anything (see :data:`LOCAL_ONLY_ENV` and :func:`_no_api_server`)."""
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
 from typing import Any, Iterator, Mapping
+from unittest import mock
 
 #: No network but package registries: telemetry and update checks off, in this process (before anything
 #: imports those libraries) and in Ray workers.
@@ -18,6 +22,15 @@ QUIET_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }
+
+#: A local Ray that stays on this machine. Ray 2.60 picks the node address with
+#: ``ray._private.services.get_node_ip_address``, which is 127.0.0.1 only where
+#: ``ray_constants.ENABLE_RAY_CLUSTER`` is off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, as on macOS); otherwise
+#: it is this host's LAN address (found by connecting a UDP socket to 8.8.8.8), ``_node_ip_address="127.0.0.1"``
+#: is turned back into it, and the GCS, raylet, agents and workers listen on it or on 0.0.0.0 / ``::``.
+#: The driver read the constant when it imported ray, so :func:`_init_local` sets both for its ``ray.init``; the
+#: processes it starts (and the workers the raylet starts) inherit the variable.
+LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def set_quiet_env() -> None:
@@ -44,8 +57,43 @@ def ray_session(address: str | None, num_cpus: int = 0, env_vars: Mapping[str, s
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **kwargs)
+        _init_local(num_cpus, kwargs)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _init_local(num_cpus: int, kwargs: dict[str, Any]) -> None:
+    """``ray.init`` of a local Ray bound to 127.0.0.1, without the dashboard process (see :func:`_no_api_server`)."""
+    import ray
+    from ray._private import node, ray_constants
+
+    with _environ(LOCAL_ONLY_ENV), mock.patch.object(ray_constants, "ENABLE_RAY_CLUSTER", False), \
+            mock.patch.object(node.Node, "start_api_server", _no_api_server):
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **kwargs)
+
+
+def _no_api_server(self: Any, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
+    """Stands in for Ray's ``Node.start_api_server``. With ``include_dashboard=False`` Ray still starts a
+    dashboard process, with one module, ``UsageStatsHead``; its ``run()`` calls
+    ``usage_lib.get_cluster_config_to_report``, which (without ``~/ray_bootstrap_config.yaml``) asks the cloud
+    metadata servers (169.254.169.254, metadata.google.internal) which cloud this is, whatever
+    ``RAY_USAGE_STATS_ENABLED`` says; no setting turns that off. Nothing else of a local session needs that
+    process (Ray runs without it when it fails to start), so it is not started."""
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` set in ``os.environ`` for the block, the previous values (or their absence) restored after;
+    unlike ``mock.patch.dict``, other changes made meanwhile (ray.init makes some) are kept."""
+    previous = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
