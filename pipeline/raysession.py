@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any, Iterator, Mapping
+import signal
+import threading
+from typing import Any, Callable, Iterator, Mapping
 from unittest import mock
 
 #: No network but package registries: telemetry and update checks off, in this process (before anything
@@ -31,6 +33,7 @@ QUIET_ENV = {
 #: The driver read the constant when it imported ray, so :func:`_init_local` sets both for its ``ray.init``; the
 #: processes it starts (and the workers the raylet starts) inherit the variable.
 LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def set_quiet_env() -> None:
@@ -44,7 +47,10 @@ def ray_session(address: str | None, num_cpus: int = 0, env_vars: Mapping[str, s
                 ) -> Iterator[None]:
     """Ray for the duration of the block. ``num_cpus`` 0 means every core. ``env_vars`` become the workers'
     runtime environment (telemetry and update checks off); leave it out where worker start-up time matters,
-    as a runtime_env makes Ray prepare one per job."""
+    as a runtime_env makes Ray prepare one per job.
+
+    SIGINT, SIGTERM and SIGHUP end the block (in the main thread; see :func:`_shutdown_at_exit`), so Ray is
+    shut down whichever way the block ends."""
     import ray
 
     if ray.is_initialized():
@@ -54,14 +60,13 @@ def ray_session(address: str | None, num_cpus: int = 0, env_vars: Mapping[str, s
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
     if env_vars:
         kwargs["runtime_env"] = {"env_vars": dict(env_vars)}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        _init_local(num_cpus, kwargs)
-    try:
+    with _shutdown_at_exit(ray) as arm:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            _init_local(num_cpus, kwargs)
+        arm()  # again: ray.init replaced the SIGTERM handler with its own, which exits with code 15
         yield
-    finally:
-        ray.shutdown()
 
 
 def _init_local(num_cpus: int, kwargs: dict[str, Any]) -> None:
@@ -97,3 +102,58 @@ def _environ(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+class _Stop:
+    """The signal handler of a Ray session: the first signal ends the block, SIGINT with KeyboardInterrupt,
+    others with ``SystemExit(128 + signal)`` (a shell's exit code for them); one that comes while Ray shuts
+    down, or after the first, does not interrupt the shutdown."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.raised = False
+        self.deferred = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+            if not self.deferred:
+                self.raise_()
+
+    def raise_(self) -> None:
+        self.raised = True
+        if self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + (self.signum or 0))
+
+
+@contextlib.contextmanager
+def _shutdown_at_exit(ray: Any) -> Iterator[Callable[[], None]]:
+    """``ray.shutdown()`` when the block ends, also by SIGINT, SIGTERM or SIGHUP, so no GCS, raylet or agent
+    outlives the driver (the agents of a raylet that dies under them linger a minute or more, reporting its
+    death to the dead GCS). Yields ``arm``, which (re)installs the handler for the signals not ignored (as
+    under ``nohup``); the previous handlers come back afterwards. Python runs signal handlers in the main
+    thread only: elsewhere the signals keep their handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        try:
+            yield lambda: None
+        finally:
+            ray.shutdown()
+        return
+    stop, previous = _Stop(), {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+    def arm() -> None:
+        for sig, handler in previous.items():
+            if handler is not signal.SIG_IGN:
+                signal.signal(sig, stop)
+
+    arm()
+    try:
+        yield arm
+    finally:
+        stop.deferred = True
+        ray.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if stop.signum is not None and not stop.raised:
+            stop.raise_()
