@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from typing import Any, Callable, Iterator, Mapping
 from unittest import mock
@@ -49,8 +50,9 @@ def ray_session(address: str | None, num_cpus: int = 0, env_vars: Mapping[str, s
     runtime environment (telemetry and update checks off); leave it out where worker start-up time matters,
     as a runtime_env makes Ray prepare one per job.
 
-    SIGINT, SIGTERM and SIGHUP end the block (in the main thread; see :func:`_shutdown_at_exit`), so Ray is
-    shut down whichever way the block ends."""
+    While the block runs, stdout is redirected to stderr: Ray prints its workers' output and its error
+    messages on the driver's stdout, which carries the CLI's result. SIGINT, SIGTERM and SIGHUP end the block
+    (in the main thread; see :func:`_shutdown_at_exit`), so Ray is shut down whichever way the block ends."""
     import ray
 
     if ray.is_initialized():
@@ -60,7 +62,7 @@ def ray_session(address: str | None, num_cpus: int = 0, env_vars: Mapping[str, s
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
     if env_vars:
         kwargs["runtime_env"] = {"env_vars": dict(env_vars)}
-    with _shutdown_at_exit(ray) as arm:
+    with contextlib.redirect_stdout(sys.stderr), _shutdown_at_exit(ray) as arm:
         if address:
             ray.init(address=address, **kwargs)
         else:
