@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
@@ -52,6 +53,8 @@ META_VERSION = b"wit.dedup.hash_version"
 SCHEMA = pa.schema([("eval_id", pa.string()), ("label", pa.string()), ("phash", pa.int64()),
                     ("variant_phash", pa.list_(pa.int64())), ("variant_dct", pa.list_(pa.binary(DCT_BYTES)))])
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+#: An eval-set name: it names the index folder ``OUT/<name>``, so it must stay a plain folder name.
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 @dataclasses.dataclass
@@ -71,6 +74,14 @@ class EvalIndexConfig:
             raise WitError(f"EvalIndexConfig: kind must be one of {', '.join(sources.KINDS)}, got {self.kind!r}")
         if self.label_key not in ("auto", *sources.LABEL_KEYS):
             raise WitError(f"EvalIndexConfig: label_key must be auto, cls, txt or json, got {self.label_key!r}")
+
+
+def check_eval_name(name: str) -> str:
+    """``name`` when it can name an eval set (and its index folder ``OUT/<name>``): 1 to 64 letters, digits,
+    ``_``, ``.`` or ``-``, and not ``.`` or ``..``, so it cannot lead out of ``OUT``; else a ``WitError``."""
+    if not isinstance(name, str) or NAME_RE.fullmatch(name) is None or name in (".", ".."):
+        raise WitError(f"eval set name {name!r}: use 1 to 64 letters, digits, '_', '.' or '-' (not '.' or '..')")
+    return name
 
 
 def eval_items(path: str | os.PathLike, cfg: EvalIndexConfig) -> tuple[str, Iterator[sources.Item]]:
@@ -113,6 +124,7 @@ def _hashed(items: Iterator[sources.Item], threads: int, chunk: int = 256) -> It
 def build_eval_index(name: str, path: str | os.PathLike, out_dir: str | os.PathLike,
                      cfg: EvalIndexConfig | None = None, threads: int | None = None) -> StageStats:
     """Hash every image of the eval set at ``path`` into ``out_dir/<name>/index.parquet`` (see module doc)."""
+    check_eval_name(name)
     cfg = cfg or EvalIndexConfig()
     if threads is not None:
         cfg = dataclasses.replace(cfg, threads=threads)

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from dedup import sources
-from dedup.index import INDEX_FILE, EvalIndexConfig, build_eval_index, load_robust_index
+from dedup.index import INDEX_FILE, EvalIndexConfig, build_eval_index, check_eval_name, load_robust_index
 from dedup.match import MATCH_SCHEMA, MatchConfig, RobustIndex, match_table
 from dedup.phash import HASH_SCHEMA, bytes_hash_columns
 from pipeline.config import field
@@ -82,6 +82,7 @@ def resolve_indexes(evals: dict[str, str | os.PathLike], out_dir: Path, max_radi
     ``OUT/_eval/<name>`` (reused when already there)."""
     indexes = {}
     for name, value in sorted(evals.items()):
+        check_eval_name(name)
         path = Path(value)
         if path.is_dir() and (path / INDEX_FILE).is_file() or path.name == INDEX_FILE:
             indexes[name] = load_robust_index(path, max_radius)
@@ -231,6 +232,8 @@ def run_dedup(shards: str | os.PathLike | Sequence[str | os.PathLike], evals: di
         raise WitError(f"{shards}: no .tar shards")
     if not evals:
         raise WitError("dedup: no eval sets given (--eval NAME=PATH)")
+    for name in evals:
+        check_eval_name(name)
     _check_out_dir(tars, out, cfg.mode)
     for folder in (out, out / HASH_DIR, out / CLEAN_DIR):
         clean_tmp(folder)
