@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
@@ -52,6 +53,10 @@ META_VERSION = b"wit.dedup.hash_version"
 SCHEMA = pa.schema([("eval_id", pa.string()), ("label", pa.string()), ("phash", pa.int64()),
                     ("variant_phash", pa.list_(pa.int64())), ("variant_dct", pa.list_(pa.binary(DCT_BYTES)))])
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+#: An eval-set name: it names the index folder ``OUT/<name>``, so it must stay a plain folder name.
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+REQUIRED = ("eval_id", "phash")
+VARIANT_COLUMNS = ("variant_phash", "variant_dct")
 
 
 @dataclasses.dataclass
@@ -67,6 +72,14 @@ class EvalIndexConfig(Config, section="eval_index"):
     label_key: str = field("auto", help="webdataset: label member: cls, txt, json, or auto (the first present)",
                            choices=("auto", *sources.LABEL_KEYS))
     threads: int = field(4, help="images decoded and hashed in parallel")
+
+
+def check_eval_name(name: str) -> str:
+    """``name`` when it can name an eval set (and its index folder ``OUT/<name>``): 1 to 64 letters, digits,
+    ``_``, ``.`` or ``-``, and not ``.`` or ``..``, so it cannot lead out of ``OUT``; else a ``WitError``."""
+    if not isinstance(name, str) or NAME_RE.fullmatch(name) is None or name in (".", ".."):
+        raise WitError(f"eval set name {name!r}: use 1 to 64 letters, digits, '_', '.' or '-' (not '.' or '..')")
+    return name
 
 
 def eval_items(path: str | os.PathLike, cfg: EvalIndexConfig) -> tuple[str, Iterator[sources.Item]]:
@@ -109,6 +122,7 @@ def _hashed(items: Iterator[sources.Item], threads: int, chunk: int = 256) -> It
 def build_eval_index(name: str, path: str | os.PathLike, out_dir: str | os.PathLike,
                      cfg: EvalIndexConfig | None = None, threads: int | None = None) -> StageStats:
     """Hash every image of the eval set at ``path`` into ``out_dir/<name>/index.parquet`` (see module doc)."""
+    check_eval_name(name)
     cfg = cfg or EvalIndexConfig()
     if threads is not None:
         cfg = dataclasses.replace(cfg, threads=threads)
@@ -157,15 +171,33 @@ def index_file(path: str | os.PathLike) -> Path:
 
 
 def load_eval_index(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
-    """Read an eval index (its folder or its ``index.parquet``): ``eval_id``, ``label``, ``phash``, ..."""
+    """Read an eval index (its folder or its ``index.parquet``): ``eval_id``, ``label``, ``phash``, ...
+    A file that is unreadable, lacks a column, holds another type or empty ids or hashes is a ``WitError``."""
     file = index_file(path)
     if not file.is_file():
         raise WitError(f"{file}: eval index not found (build it with `wit eval-index`)")
-    table = pq.read_table(file, columns=columns)
-    missing = [c for c in ("eval_id", "phash") if c not in table.column_names]
+    try:
+        _check_schema(file, pq.read_schema(file), columns)
+        table = pq.read_table(file, columns=columns)
+    except sources.PARQUET_ERRORS as exc:
+        raise WitError(f"{sources.unreadable(file, exc, 'eval index')}; rebuild it with `wit eval-index`") from None
+    empty = [c for c in REQUIRED if c in table.column_names and table[c].null_count]
+    if empty:
+        raise WitError(f"{file}: {table[empty[0]].null_count} row(s) without {empty[0]}; "
+                       "rebuild it with `wit eval-index`")
+    return table
+
+
+def _check_schema(file: Path, schema: pa.Schema, columns: list[str] | None) -> None:
+    """The index columns ``file`` must have (those asked for too) are there, with the types :data:`SCHEMA` says."""
+    missing = [c for c in dict.fromkeys((*REQUIRED, *(columns or ()))) if c not in schema.names]
     if missing:
         raise WitError(f"{file}: not an eval index, missing column(s) {', '.join(missing)}")
-    return table
+    for name in (*REQUIRED, *VARIANT_COLUMNS):
+        if name in schema.names and (columns is None or name in columns) and \
+                schema.field(name).type != SCHEMA.field(name).type:
+            raise WitError(f"{file}: not an eval index, column '{name}' holds {schema.field(name).type}, "
+                           f"not {SCHEMA.field(name).type}")
 
 
 def load_hash_index(path: str | os.PathLike) -> HashIndex:
@@ -181,14 +213,27 @@ def load_robust_index(path: str | os.PathLike, max_radius: int = MAX_DISTANCE) -
     meta = table.schema.metadata or {}
     if "variant_phash" not in table.column_names or meta.get(META_VERSION) != HASH_VERSION.encode():
         raise WitError(f"{file}: built by an older wit-builder without hash variants; rebuild it with `wit eval-index`")
-    variants = json.loads(meta[META_VARIANTS])
+    variants = _variant_names(file, table)
     n, v = table.num_rows, len(variants)
-    phashes = pc.list_flatten(table["variant_phash"]).to_numpy(zero_copy_only=False)
-    dcts = dct_words(pc.list_flatten(table["variant_dct"]))
-    if phashes.size != n * v or dcts.shape[0] != n * v:
-        raise WitError(f"{file}: variant columns do not hold {v} entries per image")
+    flat_phashes, flat_dcts = (pc.list_flatten(table[c]) for c in VARIANT_COLUMNS)
+    if len(flat_phashes) != n * v or len(flat_dcts) != n * v or flat_phashes.null_count or flat_dcts.null_count:
+        raise WitError(f"{file}: variant columns do not hold {v} hashes per image")
+    phashes, dcts = flat_phashes.to_numpy(zero_copy_only=False), dct_words(flat_dcts)
     return RobustIndex(table["eval_id"].to_pylist(), phashes.reshape(n, v), dcts.reshape(n, v, -1), variants,
                        max_radius)
+
+
+def _variant_names(file: Path, table: pa.Table) -> list[str]:
+    """The hash variants an index holds (its schema metadata), checked against its columns."""
+    if "variant_dct" not in table.column_names:
+        raise WitError(f"{file}: not an eval index, missing column(s) variant_dct")
+    try:
+        variants = json.loads((table.schema.metadata or {})[META_VARIANTS])
+    except (KeyError, ValueError):  # ValueError: not JSON, or not UTF-8
+        variants = None
+    if not isinstance(variants, list) or not variants or not all(isinstance(x, str) for x in variants):
+        raise WitError(f"{file}: no list of hash variants in its metadata; rebuild it with `wit eval-index`")
+    return variants
 
 
 def index_fingerprint(paths: dict[str, str | os.PathLike]) -> str:

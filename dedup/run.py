@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from dedup import sources
-from dedup.index import INDEX_FILE, EvalIndexConfig, build_eval_index, load_robust_index
+from dedup.index import INDEX_FILE, EvalIndexConfig, build_eval_index, check_eval_name, load_robust_index
 from dedup.match import MATCH_SCHEMA, MatchConfig, RobustIndex, match_table
 from dedup.phash import HASH_SCHEMA, bytes_hash_columns
 from pipeline.core.config import field
@@ -78,6 +78,7 @@ def resolve_indexes(evals: dict[str, str | os.PathLike], out_dir: Path, max_radi
     ``OUT/_eval/<name>`` (reused when already there)."""
     indexes = {}
     for name, value in sorted(evals.items()):
+        check_eval_name(name)
         path = Path(value)
         if path.is_dir() and (path / INDEX_FILE).is_file() or path.name == INDEX_FILE:
             indexes[name] = load_robust_index(path, max_radius)
@@ -110,9 +111,14 @@ def _hash_sample(files: dict[str, bytes], image_keys: Sequence[str]) -> tuple[st
 def _stored_hashes(tar: Path) -> dict[str, dict] | None:
     """``key -> row`` of ``<shard>.parquet`` when it has the hash columns, else None."""
     meta = tar.with_suffix(".parquet")
-    if not meta.is_file() or not {"key", *HASH_SCHEMA.names} <= set(pq.read_schema(meta).names):
+    if not meta.is_file():
         return None
-    return {r["key"]: r for r in pq.read_table(meta, columns=["key", *HASH_SCHEMA.names]).to_pylist()}
+    try:
+        if not {"key", *HASH_SCHEMA.names} <= set(pq.read_schema(meta).names):
+            return None
+        return {r["key"]: r for r in pq.read_table(meta, columns=["key", *HASH_SCHEMA.names]).to_pylist()}
+    except sources.PARQUET_ERRORS as exc:
+        raise sources.unreadable(meta, exc, "shard metadata") from None
 
 
 def _from_stored(tar: Path, cfg: DedupConfig) -> pa.Table | None:
@@ -142,16 +148,26 @@ def _decode_and_hash(tar: Path, cfg: DedupConfig) -> pa.Table:
 def hash_shard(tar: Path, cache: Path, cfg: DedupConfig) -> pa.Table:
     """The per-sample hash table of one shard (from the cache when the tar is unchanged)."""
     fingerprint = _fingerprint(tar)
-    if cache.is_file():
-        table = pq.read_table(cache)
-        if (table.schema.metadata or {}).get(b"source") == fingerprint.encode():
-            return table
+    cached = _read_cache(cache)
+    if cached is not None and (cached.schema.metadata or {}).get(b"source") == fingerprint.encode():
+        return cached
     table = _from_stored(tar, cfg) if cfg.use_stored_hashes else None
     if table is None:
         table = _decode_and_hash(tar, cfg)
     table = table.replace_schema_metadata({"source": fingerprint})
     write_parquet(table, cache)
     return table
+
+
+def _read_cache(cache: Path) -> pa.Table | None:
+    """A shard's cached hash table, or None when there is none or it is damaged (it is then recomputed)."""
+    if not cache.is_file():
+        return None
+    try:
+        return pq.read_table(cache)
+    except sources.PARQUET_ERRORS as exc:
+        log.warning("%s; recomputing it", sources.unreadable(cache, exc, "hash cache"))
+        return None
 
 
 def hash_shards(tars: list[Path], out_dir: Path, cfg: DedupConfig) -> list[pa.Table]:
@@ -185,12 +201,19 @@ def write_clean_shard(tar: Path, out_dir: Path, dropped: set[str]) -> int:
             dst.addfile(member, src.extractfile(member) if member.isfile() else None)
     meta = tar.with_suffix(".parquet")
     if meta.is_file():
-        table = pq.read_table(meta)
+        table = _read_shard_metadata(meta)
         if "key" in table.column_names and dropped:
             table = table.filter(pc.invert(pc.is_in(table["key"], pa.array(sorted(dropped), pa.string()))))
         write_parquet(table, target.with_suffix(".parquet"))
     write_json(marker, {"digest": digest, "kept": len(kept)})
     return len(kept)
+
+
+def _read_shard_metadata(meta: Path) -> pa.Table:
+    try:
+        return pq.read_table(meta)
+    except sources.PARQUET_ERRORS as exc:
+        raise sources.unreadable(meta, exc, "shard metadata") from None
 
 
 # ---------------------------------------------------------------- the stage
@@ -228,6 +251,8 @@ def run_dedup(shards: str | os.PathLike | Sequence[str | os.PathLike], evals: di
         raise WitError(f"{shards}: no .tar shards")
     if not evals:
         raise WitError("dedup: no eval sets given (--eval NAME=PATH)")
+    for name in evals:
+        check_eval_name(name)
     _check_out_dir(tars, out, cfg.mode)
     for folder in (out, out / HASH_DIR, out / CLEAN_DIR):
         clean_tmp(folder)

@@ -29,6 +29,9 @@ IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff", "gif")
 LABEL_KEYS = ("cls", "txt", "json")
 KINDS = ("auto", "imagefolder", "webdataset", "parquet")
 _KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+#: What pyarrow raises on a file that is not (or no longer) parquet: truncated, garbage, empty, damaged pages,
+#: a folder (ArrowInvalid is an ArrowException; a damaged page is an OSError).
+PARQUET_ERRORS = (pa.ArrowException, OSError)
 
 
 @dataclasses.dataclass
@@ -156,6 +159,12 @@ def webdataset_items(paths: list[Path], label_key: str = "auto") -> Iterator[Ite
 
 # ---------------------------------------------------------------- parquet
 
+def unreadable(file: str | os.PathLike, exc: BaseException, what: str = "parquet file") -> WitError:
+    """The one-line error for a ``file`` pyarrow could not read (the first line of its reason)."""
+    reason = next(iter(str(exc).strip().splitlines()), "") or type(exc).__name__
+    return WitError(f"{file}: unreadable {what} ({reason})")
+
+
 def parquet_paths(path: Path) -> list[Path]:
     files = [path] if path.is_file() else sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
     if not files:
@@ -176,19 +185,29 @@ def _image_bytes(column: pa.Array, file: Path, name: str) -> list[bytes | None]:
 
 def parquet_items(path: Path, image_column: str = "image", id_column: str = "", label_column: str = "label",
                   batch_rows: int = 1024) -> Iterator[Item]:
-    """Parquet records: id = ``id_column`` (default ``<file stem>/<row>``), label = ``label_column`` if present."""
+    """Parquet records: id = ``id_column`` (default ``<file stem>/<row>``), label = ``label_column`` if present.
+    An unreadable file is a ``WitError`` naming it."""
     for file in parquet_paths(path):
-        names = pq.read_schema(file).names
-        for wanted in (image_column, id_column):
-            if wanted and wanted not in names:
-                raise WitError(f"{file}: no column '{wanted}' (columns: {', '.join(names)})")
-        columns = [c for c in dict.fromkeys((image_column, id_column, label_column)) if c and c in names]
-        row = 0
-        for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=columns):
-            images = _image_bytes(batch.column(image_column), file, image_column)
-            ids = (batch.column(id_column).to_pylist() if id_column
-                   else [f"{file.stem}/{row + i}" for i in range(len(images))])
-            labels = batch.column(label_column).to_pylist() if label_column in columns else [None] * len(images)
-            for i, data in enumerate(images):
-                yield Item(str(ids[i]), None if labels[i] is None else str(labels[i]), data)
-            row += len(images)
+        try:
+            yield from _parquet_file_items(file, image_column, id_column, label_column, batch_rows)
+        except PARQUET_ERRORS as exc:
+            raise unreadable(file, exc) from None
+
+
+def _parquet_file_items(file: Path, image_column: str, id_column: str, label_column: str, batch_rows: int
+                        ) -> Iterator[Item]:
+    """The records of one parquet file (see :func:`parquet_items`)."""
+    names = pq.read_schema(file).names
+    for wanted in (image_column, id_column):
+        if wanted and wanted not in names:
+            raise WitError(f"{file}: no column '{wanted}' (columns: {', '.join(names)})")
+    columns = [c for c in dict.fromkeys((image_column, id_column, label_column)) if c and c in names]
+    row = 0
+    for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=columns):
+        images = _image_bytes(batch.column(image_column), file, image_column)
+        ids = (batch.column(id_column).to_pylist() if id_column
+               else [f"{file.stem}/{row + i}" for i in range(len(images))])
+        labels = batch.column(label_column).to_pylist() if label_column in columns else [None] * len(images)
+        for i, data in enumerate(images):
+            yield Item(str(ids[i]), None if labels[i] is None else str(labels[i]), data)
+        row += len(images)

@@ -1,13 +1,17 @@
 """The executor: how stages start or join Ray (:func:`ray_session`: the caller's Ray, else the cluster at
-``address`` or ``$RAY_ADDRESS``, else a local Ray shut down afterwards) and run their parts as bounded Ray
-tasks with declared resources (:func:`submit_bounded`)."""
+``address`` or ``$RAY_ADDRESS``, else a local Ray bound to 127.0.0.1, shut down on exit and on SIGINT/SIGTERM/
+SIGHUP) and run their parts as bounded Ray tasks with declared resources (:func:`submit_bounded`)."""
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import logging
 import os
+import signal
+import sys
+import threading
 from typing import Any, Callable, Iterable, Iterator, Mapping
+from unittest import mock
 
 #: No network but package registries: telemetry and update checks off, in this process (before anything
 #: imports those libraries) and in Ray workers.
@@ -21,6 +25,16 @@ QUIET_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 
+#: A local Ray that stays on this machine. Ray 2.60 picks the node address with
+#: ``ray._private.services.get_node_ip_address``, which is 127.0.0.1 only where
+#: ``ray_constants.ENABLE_RAY_CLUSTER`` is off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, as on macOS); otherwise
+#: it is this host's LAN address (found by connecting a UDP socket to 8.8.8.8), ``_node_ip_address="127.0.0.1"``
+#: is turned back into it, and the GCS, raylet, agents and workers listen on it or on 0.0.0.0 / ``::``.
+#: The driver read the constant when it imported ray, so :func:`_init_local` sets both for its ``ray.init``; the
+#: processes it starts (and the workers the raylet starts) inherit the variable.
+LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 
 def set_quiet_env() -> None:
     """:data:`QUIET_ENV` as defaults of this process's environment (values already set win)."""
@@ -33,7 +47,11 @@ def ray_session(address: str | None, num_cpus: int = 0, env_vars: Mapping[str, s
                 ) -> Iterator[None]:
     """Ray for the duration of the block. ``num_cpus`` 0 means every core. ``env_vars`` become the workers'
     runtime environment (telemetry and update checks off); leave it out where worker start-up time matters,
-    as a runtime_env makes Ray prepare one per job."""
+    as a runtime_env makes Ray prepare one per job.
+
+    While the block runs, stdout is redirected to stderr: Ray prints its workers' output and its error
+    messages on the driver's stdout, which carries the CLI's result. SIGINT, SIGTERM and SIGHUP end the block
+    (in the main thread; see :func:`_shutdown_at_exit`), so Ray is shut down whichever way the block ends."""
     import ray
 
     if ray.is_initialized():
@@ -43,14 +61,103 @@ def ray_session(address: str | None, num_cpus: int = 0, env_vars: Mapping[str, s
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
     if env_vars:
         kwargs["runtime_env"] = {"env_vars": dict(env_vars)}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
+    with contextlib.redirect_stdout(sys.stderr), _shutdown_at_exit(ray) as arm:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            _init_local(num_cpus, kwargs)
+        arm()  # again: ray.init replaced the SIGTERM handler with its own, which exits with code 15
+        yield
+
+
+def _init_local(num_cpus: int, kwargs: dict[str, Any]) -> None:
+    """``ray.init`` of a local Ray bound to 127.0.0.1, without the dashboard process (see :func:`_no_api_server`)."""
+    import ray
+    from ray._private import node, ray_constants
+
+    with _environ(LOCAL_ONLY_ENV), mock.patch.object(ray_constants, "ENABLE_RAY_CLUSTER", False), \
+            mock.patch.object(node.Node, "start_api_server", _no_api_server):
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **kwargs)
+
+
+def _no_api_server(self: Any, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
+    """Stands in for Ray's ``Node.start_api_server``. With ``include_dashboard=False`` Ray still starts a
+    dashboard process, with one module, ``UsageStatsHead``; its ``run()`` calls
+    ``usage_lib.get_cluster_config_to_report``, which (without ``~/ray_bootstrap_config.yaml``) asks the cloud
+    metadata servers (169.254.169.254, metadata.google.internal) which cloud this is, whatever
+    ``RAY_USAGE_STATS_ENABLED`` says; no setting turns that off. Nothing else of a local session needs that
+    process (Ray runs without it when it fails to start), so it is not started."""
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` set in ``os.environ`` for the block, the previous values (or their absence) restored after;
+    unlike ``mock.patch.dict``, other changes made meanwhile (ray.init makes some) are kept."""
+    previous = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
     try:
         yield
     finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class _Stop:
+    """The signal handler of a Ray session: the first signal ends the block, SIGINT with KeyboardInterrupt,
+    others with ``SystemExit(128 + signal)`` (a shell's exit code for them); one that comes while Ray shuts
+    down, or after the first, does not interrupt the shutdown."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.raised = False
+        self.deferred = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+            if not self.deferred:
+                self.raise_()
+
+    def raise_(self) -> None:
+        self.raised = True
+        if self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + (self.signum or 0))
+
+
+@contextlib.contextmanager
+def _shutdown_at_exit(ray: Any) -> Iterator[Callable[[], None]]:
+    """``ray.shutdown()`` when the block ends, also by SIGINT, SIGTERM or SIGHUP, so no GCS, raylet or agent
+    outlives the driver (the agents of a raylet that dies under them linger a minute or more, reporting its
+    death to the dead GCS). Yields ``arm``, which (re)installs the handler for the signals not ignored (as
+    under ``nohup``); the previous handlers come back afterwards. Python runs signal handlers in the main
+    thread only: elsewhere the signals keep their handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        try:
+            yield lambda: None
+        finally:
+            ray.shutdown()
+        return
+    stop, previous = _Stop(), {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+    def arm() -> None:
+        for sig, handler in previous.items():
+            if handler is not signal.SIG_IGN:
+                signal.signal(sig, stop)
+
+    arm()
+    try:
+        yield arm
+    finally:
+        stop.deferred = True
         ray.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if stop.signum is not None and not stop.raised:
+            stop.raise_()
 
 
 @dataclasses.dataclass(frozen=True)
