@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import pipeline.crawl.archive as archive  # noqa: E402
 import pipeline.crawl.stage as crawl  # noqa: E402
 from pipeline.core.io import write_json  # noqa: E402
 from benchinfo import machine_info  # noqa: E402
@@ -279,16 +280,16 @@ def ours(path: Path, out: Path) -> int:
 
 def warcio_selectolax(path: Path, out: Path) -> int:
     """The stage's extraction and output fed by warcio (what the crawl did before its own reader)."""
-    original = crawl._warc_records
+    original = archive._warc_records
 
     def not_warc(stream: Any, source: str, cfg: Any) -> Any:
-        raise crawl._NotWarc(source)
+        raise archive._NotWarc(source)
 
-    crawl._warc_records = not_warc  # type: ignore[assignment]
+    archive._warc_records = not_warc  # type: ignore[assignment]
     try:
         return ours(path, out)
     finally:
-        crawl._warc_records = original  # type: ignore[assignment]
+        archive._warc_records = original  # type: ignore[assignment]
 
 
 def measure(fn: Callable[[Path, Path], int], path: Path, tmp: Path) -> dict[str, float]:
@@ -311,8 +312,8 @@ def profile(path: Path, tmp: Path, top: int = 12) -> list[str]:
 
 
 def machine() -> dict[str, Any]:
-    return machine_info(("warcio", "selectolax", "orjson", "msgspec", "isal", "pyarrow"), cores_used=1,
-                        inflate=crawl._inflate.__name__)
+    return machine_info(("warcio", "selectolax", "msgspec", "isal", "pyarrow"), cores_used=1,
+                        inflate=archive._inflate.__name__)
 
 
 def main() -> None:

@@ -18,10 +18,15 @@ import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
+import pipeline.crawl.archive as archive_mod
 import pipeline.crawl.stage as crawl_mod
-from pipeline.crawl.stage import CrawlConfig, crawl_file, dechunk, expand_inputs, part_name, read_listing, run_crawl
+from pipeline.crawl.stage import CrawlConfig, crawl_file, run_crawl
 from pipeline.core.errors import WitError
-from pipeline.crawl.extract import best_srcset, decode_html, html_images, make_uid, resolve_url
+from pipeline.crawl.body import dechunk
+from pipeline.crawl.columns import decode_wat, normalise_captions, resolve_urls, wat_columns
+from pipeline.crawl.extract import (CorruptRecord, best_srcset, decode_html, html_images, make_uid, normalise_caption,
+                                    parse_wat, resolve_url, wat_images)
+from pipeline.crawl.inputs import expand_inputs, part_name, read_listing
 from pipeline.core.stats import StageStats
 
 PAGE = "https://example.org/dir/page.html"
@@ -289,8 +294,8 @@ def test_reader_is_independent_of_chunk_and_member_boundaries(tmp_path: Path, mo
     one_member.write_bytes(gzip_lib.compress(plain.read_bytes()))
     expected = _crawled([per_record], tmp_path / "ref")
     assert len(expected) == sum(i % 4 for i in range(60))
-    monkeypatch.setattr(crawl_mod, "_CHUNK", 7)
-    monkeypatch.setattr(crawl_mod, "_MAX_INFLATE", 13)
+    monkeypatch.setattr(archive_mod, "_CHUNK", 7)
+    monkeypatch.setattr(archive_mod, "_MAX_INFLATE", 13)
     for n, path in enumerate((per_record, plain, one_member)):
         assert _crawled([path], tmp_path / f"o{n}") == expected, path.name
 
@@ -446,8 +451,6 @@ def test_crawl_on_ray_matches_in_process(tmp_path: Path) -> None:
 def test_columnar_wat_extraction_matches_record_by_record() -> None:
     import random
 
-    from pipeline.crawl.extract import parse_wat, wat_batch, wat_images
-
     rng = random.Random(1)
     srcs = ["a.jpg", "/x/b.png", "//cdn.t/c.gif", "http://o.t/d.jpg#f", "HTTPS://U.T/E.JPG", "../up.png", "?q=1",
             "data:image/png;base64,xx", "javascript:void(0)", "ftp://x/a.png", "  sp ace.png  ", "tab\tbed.png", "",
@@ -465,8 +468,10 @@ def test_columnar_wat_extraction_matches_record_by_record() -> None:
             env["Payload-Metadata"] = {"HTTP-Response-Metadata": {"HTML-Metadata": {"Head": head, "Links": links}}}
         docs.append(json.dumps({"Envelope": env}, ensure_ascii=rng.random() < 0.5).encode())
         fallbacks.append(rng.choice(["http://s.t/dir/", "ftp://bad/x"]))
+    decoded = [decode_wat(doc) for doc in docs]
+    assert all(doc is not None for doc in decoded)  # plain records: all on the columnar path
     for use_title in (True, False):
-        page_urls, has_html, cols = wat_batch(docs, fallbacks, use_title)
+        page_urls, has_html, cols = wat_columns(decoded, fallbacks, use_title)
         rows, drops, images = [], {}, 0
         for doc, fallback in zip(docs, fallbacks):
             page, refs = wat_images(parse_wat(doc), fallback, use_title)
@@ -479,9 +484,10 @@ def test_columnar_wat_extraction_matches_record_by_record() -> None:
         assert [(page_urls[p], u, c, a) for p, u, c, a in zip(cols.page, cols.url.to_pylist(), cols.caption.to_pylist(),
                                                               cols.caption_attr.to_pylist())] == rows
         assert (cols.images, dict(cols.drops)) == (images, drops) and has_html.sum() < len(docs)
-    assert wat_batch([b'{"Envelope": {broken'], ["http://x.t/"]) is None
-    assert wat_batch([b'{"a": "lone \\ud800 surrogate"}'], ["http://x.t/"]) is None
-    assert wat_batch([b'{"Envelope": {"Payload-Metadata": 5}}'], ["http://x.t/"]) is None
+    # what the columnar path cannot read plainly is left to the record-by-record path
+    assert decode_wat(b'{"Envelope": {broken') is None
+    assert decode_wat(b'{"a": "lone \\ud800 surrogate"}') is None
+    assert decode_wat(b'{"Envelope": {"Payload-Metadata": 5}}') is None
 
 
 # ---------------------------------------------------------------- msgspec WAT path, columnar URL and caption rules
@@ -516,9 +522,6 @@ def _weird_wat_docs() -> list[bytes]:
 
 def test_decoded_wat_extraction_matches_record_by_record() -> None:
     """msgspec's columnar path gives what wat_images gives, and leaves every record it cannot read plainly to it."""
-    pytest.importorskip("msgspec")
-    from pipeline.crawl.extract import CorruptRecord, decode_wat, parse_wat, wat_columns, wat_images
-
     docs = [_wat_doc("http://p.t/a/b.html", [{"path": "IMG@/src", "url": u, "alt": a} for u in
                                              ("x.png", "/y.png", "//c.t/z.png", "../up.png", "data:x", "")
                                              for a in ("An image", "", " Two  spaces ", "Café &amp; co")])]
@@ -546,6 +549,13 @@ def test_decoded_wat_extraction_matches_record_by_record() -> None:
         parse_wat(docs[-4])
 
 
+def test_parse_wat_replaces_lone_surrogates() -> None:
+    """Escaped, UTF-8-encoded or UTF-16 lone surrogates become "?" (parts cannot hold them); pairs are kept."""
+    for payload in (b'{"a": "x\\ud800y"}', b'{"a": "x\xed\xa0\x80y"}', '{"a": "x\\udc00y"}'.encode("utf-16")):
+        assert parse_wat(payload) == {"a": "x?y"}, payload
+    assert parse_wat(b'{"a": "\\ud83d\\ude00", "b": "\xf0\x9f\x98\x80"}') == {"a": "\U0001f600", "b": "\U0001f600"}
+
+
 def _crawl_rows_and_stats(path: Path, out: Path) -> tuple[list[tuple], dict]:
     stats = run_crawl([str(path)], out, CrawlConfig(workers=1))
     rows = [(r["uid"], r["url"], r["caption"], r["page_url"], r["caption_attr"]) for r in _rows(out)]
@@ -553,7 +563,7 @@ def _crawl_rows_and_stats(path: Path, out: Path) -> tuple[list[tuple], dict]:
 
 
 def test_wat_crawl_is_the_same_on_every_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rows (in order) and counts of a WAT file mixing plain and odd records: msgspec path, Arrow path, and
+    """Rows (in order) and counts of a WAT file mixing plain and odd records: msgspec's columnar path, and
     record by record."""
     path = tmp_path / "mix.wat.gz"
     plain = [_wat_doc(f"http://m.t/{i}/", [{"path": "IMG@/src", "url": f"{i}.png", "alt": f"Mixed {i}"},
@@ -565,9 +575,7 @@ def test_wat_crawl_is_the_same_on_every_path(tmp_path: Path, monkeypatch: pytest
             _metadata_record(writer, f"http://m.t/r{i}", payload)
     fast = _crawl_rows_and_stats(path, tmp_path / "fast")
     assert fast[1]["extra"]["corrupt_records"] == 5 and len(fast[0]) == 14
-    monkeypatch.setattr(crawl_mod, "WAT_DECODER_AVAILABLE", False)
-    assert _crawl_rows_and_stats(path, tmp_path / "arrow") == fast
-    monkeypatch.setattr(crawl_mod, "wat_batch", lambda *a, **k: None)
+    monkeypatch.setattr(crawl_mod, "decode_wat", lambda payload: None)  # every record one by one
     assert _crawl_rows_and_stats(path, tmp_path / "python") == fast
 
 
@@ -578,8 +586,6 @@ def test_columnar_urls_and_captions_match_python_rules() -> None:
 
     import numpy as np
     import pyarrow as pa
-
-    from pipeline.crawl.extract import normalise_caption, normalise_captions, resolve_urls
 
     rng = random.Random(7)
     pieces = ["http://", "HTTPS://", "hTTp:", "//", "/", ".", "./", "../", "a", "b.png", ":", "?", "#", " ", "\t",
@@ -602,9 +608,9 @@ def test_columnar_urls_and_captions_match_python_rules() -> None:
         assert normalise_captions(column).to_pylist() == [normalise_caption(c) for c in captions]
 
 
-def test_invalid_utf8_in_wat_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Invalid UTF-8 in a field the crawl reads makes a corrupt record; in a field it skips, neither the msgspec
-    path nor Arrow's JSON reader checks it, so the record still counts."""
+def test_invalid_utf8_in_wat_records(tmp_path: Path) -> None:
+    """Invalid UTF-8 in a field the crawl reads makes a corrupt record; in a field it skips, msgspec does not
+    check it, so the record still counts."""
     links = [{"path": "IMG@/src", "url": "/a.jpg", "alt": "Still read"}]
     skipped = _wat_doc("http://b.test/p", links)[:-1] + b', "X": "\xff"}'
     read = _wat_doc("http://b.test/q", [dict(links[0], alt="Bad \xff")]).replace(b"Bad \\u00ff", b"Bad \xff")
@@ -612,7 +618,5 @@ def test_invalid_utf8_in_wat_records(tmp_path: Path, monkeypatch: pytest.MonkeyP
         path = tmp_path / f"{name}.wat.gz"
         with open(path, "wb") as fh:
             _metadata_record(WARCWriter(fh, gzip=True), "http://b.test/p", payload)
-        for decoder in sorted({crawl_mod.WAT_DECODER_AVAILABLE, False}):  # msgspec's path when installed, Arrow's
-            monkeypatch.setattr(crawl_mod, "WAT_DECODER_AVAILABLE", decoder)
-            rows, stats = _crawl_rows_and_stats(path, tmp_path / f"{name}-{decoder}")
-            assert [r[2] for r in rows] == expected and stats["extra"]["corrupt_records"] == (not expected)
+        rows, stats = _crawl_rows_and_stats(path, tmp_path / name)
+        assert [r[2] for r in rows] == expected and stats["extra"]["corrupt_records"] == (not expected)

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import pytest
 from warcio.archiveiterator import ArchiveIterator
 
-import pipeline.crawl.stage as crawl_mod
+import pipeline.crawl.body as body_mod
 from pipeline.crawl.stage import CrawlConfig, run_crawl
 from pipeline.crawl.extract import decode_html
 
@@ -320,13 +320,13 @@ def test_optional_decoders_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     """Without brotli or zstandard a br/zstd body is read as stored: plain HTML keeps its images."""
     for name in ("brotli", "zstandard"):
         monkeypatch.setitem(sys.modules, name, None)  # importing it raises ImportError
-    crawl_mod._optional_module.cache_clear()
+    body_mod._optional_module.cache_clear()
     page = b"<img src=b.jpg alt='Stored decoded'>"
     blocks = [_record("1.0", f"http://o.test/{c}", _http(page, [("Content-Encoding", c)])) for c in ("br", "zstd")]
     try:
         stats, stage = _crawl(_archive_file(tmp_path / "o.warc", blocks, False), tmp_path / "out")
     finally:
-        crawl_mod._optional_module.cache_clear()
+        body_mod._optional_module.cache_clear()
     assert stats.extra["encoding_unsupported"] == 2 and stats.kept == 2 and stats.extra["corrupt_records"] == 0
 
 
