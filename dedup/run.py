@@ -238,13 +238,12 @@ def _check_out_dir(tars: list[Path], out_dir: Path, mode: str) -> None:
         raise WitError(f"{out_dir}: the output folder holds the input shards; choose another --out")
 
 
-@locked('dedup', 'out_dir')
 def run_dedup(shards: str | os.PathLike | Sequence[str | os.PathLike], evals: dict[str, str | os.PathLike],
               out_dir: str | os.PathLike, cfg: DedupConfig | None = None) -> StageStats:
-    """Match (and in drop mode remove) eval near-duplicates in WebDataset shards (see module doc)."""
+    """Match (and in drop mode remove) eval near-duplicates in WebDataset shards (see module doc). The
+    inputs are checked before anything is written (the output folder's lock included)."""
     start = time.time()
     cfg = cfg or DedupConfig()
-    cfg.validate()
     out = Path(out_dir)
     tars = sources.shard_paths(shards)
     if not tars:
@@ -254,6 +253,12 @@ def run_dedup(shards: str | os.PathLike | Sequence[str | os.PathLike], evals: di
     for name in evals:
         check_eval_name(name)
     _check_out_dir(tars, out, cfg.mode)
+    return _dedup(tars, evals, out, cfg, start)
+
+
+@locked("dedup", "out")
+def _dedup(tars: list[Path], evals: dict[str, str | os.PathLike], out: Path, cfg: DedupConfig,
+           start: float) -> StageStats:
     for folder in (out, out / HASH_DIR, out / CLEAN_DIR):
         clean_tmp(folder)
     indexes = resolve_indexes(evals, out, cfg.max_distance)

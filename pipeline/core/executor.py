@@ -71,13 +71,14 @@ def ray_session(address: str | None, num_cpus: int = 0, env_vars: Mapping[str, s
 
 
 def _init_local(num_cpus: int, kwargs: dict[str, Any]) -> None:
-    """``ray.init`` of a local Ray bound to 127.0.0.1, without the dashboard process (see :func:`_no_api_server`)."""
+    """``ray.init`` of a new local Ray (never a cluster found on this machine) bound to 127.0.0.1, without the
+    dashboard process (see :func:`_no_api_server`)."""
     import ray
     from ray._private import node, ray_constants
 
     with _environ(LOCAL_ONLY_ENV), mock.patch.object(ray_constants, "ENABLE_RAY_CLUSTER", False), \
             mock.patch.object(node.Node, "start_api_server", _no_api_server):
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **kwargs)
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **kwargs)
 
 
 def _no_api_server(self: Any, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
