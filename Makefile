@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup system-deps demo test test-fast clean
 
 setup: $(STAMP)
 
@@ -30,7 +30,14 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(VENV)/bin/wit demo --out runs/demo
 
-test: $(STAMP)
+# Debian tools some tests use (strace: the local-Ray egress test). Installed as root when missing (CI runs as
+# root on Debian); elsewhere those tests skip and say why.
+system-deps:
+	@command -v strace >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && (apt-get update -qq && apt-get install -y -qq strace >/dev/null) \
+	  || echo "strace not installed: the local-Ray egress test will skip"; }
+
+test: $(STAMP) system-deps
 	$(VENV)/bin/python -m pytest -q -ra --timeout=1500 tests
 
 test-fast: $(STAMP)
