@@ -45,6 +45,7 @@ from pipeline.core.errors import WitError
 from pipeline.core.io import atomic_path, clean_tmp, read_json, write_json, write_parquet
 from pipeline.core.stats import StageStats
 from pipeline.core.lock import locked
+from pipeline.core.parts import file_identity, run_key
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,13 @@ def resolve_indexes(evals: dict[str, str | os.PathLike], out_dir: Path, max_radi
 # ---------------------------------------------------------------- hashing
 
 def _fingerprint(path: Path) -> str:
-    st = path.stat()
-    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+    """The run key of a shard's hashes: the shard's identity (path, size, mtime) and the hashing options."""
+    return run_key("dedup", {}, [file_identity(path)])
+
+
+def _hash_key(tar: Path, cfg: DedupConfig) -> str:
+    options = {"image_keys": list(cfg.image_keys), "use_stored_hashes": cfg.use_stored_hashes}
+    return run_key("dedup", options, [file_identity(tar)])
 
 
 def _hash_sample(files: dict[str, bytes], image_keys: Sequence[str]) -> tuple[str, dict | None]:
@@ -146,8 +152,8 @@ def _decode_and_hash(tar: Path, cfg: DedupConfig) -> pa.Table:
 
 
 def hash_shard(tar: Path, cache: Path, cfg: DedupConfig) -> pa.Table:
-    """The per-sample hash table of one shard (from the cache when the tar is unchanged)."""
-    fingerprint = _fingerprint(tar)
+    """The per-sample hash table of one shard (from the cache when the tar and the hashing options are unchanged)."""
+    fingerprint = _hash_key(tar, cfg)
     cached = _read_cache(cache)
     if cached is not None and (cached.schema.metadata or {}).get(b"source") == fingerprint.encode():
         return cached
