@@ -151,9 +151,11 @@ def downloaded_fixture(run_download: Callable[..., StageStats], small_config: Ca
 
 def check_bad_inputs(run_download: Callable[..., StageStats], tmp_path: Path) -> None:
     """``run_download`` refuses a missing input, a part without ``url`` and parts without rows."""
-    with pytest.raises(WitError, match="no parquet parts"):
+    with pytest.raises(WitError, match="nothing: not found"):
         run_download(tmp_path / "nothing", tmp_path / "s1")
     (tmp_path / "in").mkdir()
+    with pytest.raises(WitError, match="no parquet parts"):
+        run_download(tmp_path / "in", tmp_path / "s1")
     pq.write_table(pa.table({"link": ["http://x/y.jpg"]}), tmp_path / "in" / "part-00000.parquet")
     with pytest.raises(WitError, match="no 'url' column"):
         run_download(tmp_path / "in", tmp_path / "s2")
