@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.filter.rules as caption_rules
+import pipeline.filter.rules.duplicate as duplicate_rules
 from pipeline.filter.rules import (EXPOSURE_TOKEN, FILENAME_PATTERNS, Batch, ControlCharsRule, DuplicateRule,
                                     FilenameRule, HtmlMarkupRule, LanguageRule, MojibakeRule, TooFewWordsRule,
                                     TooLongRule, TooManyWordsRule, TooShortRule, default_lid_model, load_lid_model,
@@ -253,7 +253,7 @@ def test_repeat_index_is_exact_across_buckets_and_parts(tmp_path: Path) -> None:
 @pytest.mark.parametrize("digest", ["xxh3", "blake2b"])
 def test_repeat_index_with_either_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digest: str) -> None:
     if digest == "blake2b":  # the fallback when xxhash is not installed
-        monkeypatch.setattr(caption_rules, "DIGEST_128", caption_rules._blake2b_128)
+        monkeypatch.setattr(duplicate_rules, "DIGEST_128", duplicate_rules._blake2b_128)
     pairs = [(f"http://x.test/{i % 7}.jpg", f"caption {i % 11}") for i in range(300)]
     _write_part(tmp_path / "p.parquet", pairs)
     index = build_repeat_index([], [tmp_path / "p.parquet"], tmp_path / "work", bucket_rows=50, batch_rows=64)
