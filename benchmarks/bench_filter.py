@@ -16,6 +16,7 @@ CPU-second. A last fresh process profiles the worst case (``profile_of_worst_cas
 Writes ``benchmarks/results/filter.json`` and ``benchmarks/results/caption_quality.json``.
 
     .venv/bin/python benchmarks/bench_filter.py [--rows 500000] [--scale 10]
+    .venv/bin/python benchmarks/bench_filter.py --worst-only --rows 200000 [--baseline OTHER_CHECKOUT] [--repeat 3]
 """
 from __future__ import annotations
 
@@ -204,8 +205,8 @@ def profile_child(args: argparse.Namespace, top: int = 14) -> None:
     print(json.dumps(lines[start:start + top + 1]))
 
 
-def run_child(folder: Path, label: str, flag: str = "--child") -> Any:
-    proc = subprocess.run([sys.executable, __file__, flag, str(folder)], capture_output=True, text=True, check=True)
+def run_child(folder: Path, label: str, flag: str = "--child", script: str = __file__) -> Any:
+    proc = subprocess.run([sys.executable, script, flag, str(folder)], capture_output=True, text=True, check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"{label}: {result}", file=sys.stderr)
     return result
@@ -223,6 +224,27 @@ def lid_only(n: int = 200_000) -> dict[str, Any]:
     return {"captions": n, "captions_per_cpu_s": int(n / (time.process_time() - t))}
 
 
+def worst_case_ab(rows: int, baseline: Path | None, repeat: int) -> dict[str, Any]:
+    """The worst case only (every caption a distinct English sentence), ``repeat`` times; with ``baseline``
+    (another checkout of the repository) its ``--child`` runs too, interleaved with this one's on the same
+    input, and the ratio of the medians is measured within this one run."""
+    trees = {"this": Path(__file__)} | ({"baseline": baseline / "benchmarks" / "bench_filter.py"} if baseline else {})
+    runs: dict[str, list[Any]] = {name: [] for name in trees}
+    with tempfile.TemporaryDirectory(prefix="bench-filter-worst-") as tmp:
+        write_parts(Path(tmp) / "worst", rows, seed=3, mix={"english": 1.0})
+        for i in range(repeat):
+            for name, script in trees.items():
+                runs[name].append(run_child(Path(tmp) / "worst", f"{name} #{i + 1}", script=str(script)))
+    result: dict[str, Any] = {"benchmark": "filter worst case (all distinct English), one core", "rows": rows,
+                              "machine": machine(), "runs": runs}
+    medians = {name: sorted(r["captions_per_cpu_s"] for r in rs)[len(rs) // 2] for name, rs in runs.items()}
+    result["median_captions_per_cpu_s"] = medians
+    if baseline:
+        result["baseline"] = str(baseline)
+        result["ratio_this_to_baseline"] = round(medians["this"] / medians["baseline"], 3)
+    return result
+
+
 def caption_quality_report() -> dict[str, Any]:
     spec = importlib.util.spec_from_file_location("test_caption_quality", REPO / "tests/unit/test_caption_quality.py")
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
@@ -236,6 +258,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=500_000, help="rows of the small input")
     parser.add_argument("--scale", type=int, default=10, help="the large input has rows x scale rows")
+    parser.add_argument("--worst-only", action="store_true", help="only the worst case (filter_worst_case.json)")
+    parser.add_argument("--baseline", type=Path, help="with --worst-only: a checkout to compare, runs interleaved")
+    parser.add_argument("--repeat", type=int, default=3, help="with --worst-only: runs of each checkout")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--profile-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -243,6 +268,10 @@ def main() -> None:
         args.input = args.child or args.profile_child
         return child(args) if args.child else profile_child(args)
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
+    if args.worst_only:
+        result = worst_case_ab(args.rows, args.baseline, args.repeat)
+        write_json(RESULTS / "filter_worst_case.json", result)
+        return print(json.dumps(result["median_captions_per_cpu_s"] | {"ratio": result.get("ratio_this_to_baseline")}))
     write_json(RESULTS / "caption_quality.json", caption_quality_report())
     result: dict[str, Any] = {"benchmark": "filter stage (pipeline.filter.stage.run_filter), all rules, one core",
                               "machine": machine(), "mix": MIX, "target_captions_per_s": 100_000}
