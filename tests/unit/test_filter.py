@@ -121,9 +121,21 @@ def test_control_chars_mojibake_and_html_markup() -> None:
     assert _rejected(MojibakeRule(), ["CafÃ© de Flore", "Itâ€™s a dog", "Broken \ufffd text", "SÃO PAULO skyline",
                                       "Café de Flore", "Â© 2020 Acme", "Crème brûlée"]) == \
         [True, True, True, False, False, True, False]
-    assert _rejected(HtmlMarkupRule(), ["Tom &amp; Jerry", "A <b>bold</b> dog", "Line<br/>break", "Caf&#233;",
-                                        "Tom & Jerry", "AT&T store", "3 < 4 > 2", "Q&A session", "&nbsp;"]) == \
-        [True, True, True, True, False, False, False, False, True]
+
+
+def test_html_markup_is_repaired_not_rejected() -> None:
+    texts = ["Tom &amp; Jerry", "A <b>bold</b> dog", "Line<br/>break", "Caf&#233;", "Tom & Jerry", "AT&T store",
+             "3 < 4 > 2", "Q&A session", "&nbsp;", "Be a &#039;major&#039; win", "&amp;lt;i&amp;gt;x&amp;lt;/i&amp;gt; y",
+             "  <p>Two</p><p>lines</p>  ", "Ben &notes", "IMG_2034.JPG"]
+    stats = StageStats("t")
+    batch = _batch(texts)
+    HtmlMarkupRule().apply(batch, stats)
+    assert batch.alive.all() and stats.n_dropped == 0
+    assert batch.captions.to_pylist() == ["Tom & Jerry", "A bold dog", "Line break", "Café", "Tom & Jerry",
+                                          "AT&T store", "3 < 4 > 2", "Q&A session", "", "Be a 'major' win", "x y",
+                                          "Two lines", "Ben &notes", "IMG_2034.JPG"]
+    assert batch.cleaned.tolist() == [True] * 4 + [False] * 4 + [True] * 4 + [False] * 2
+    assert stats.extra == {"cleaned_html_markup": 8}
 
 
 def _full_pass(captions: pa.Array, regex: str) -> np.ndarray:
@@ -153,10 +165,10 @@ def test_screened_rules_match_full_regex_passes() -> None:
     texts = FILENAMES + CAPTIONS + ENGLISH + list(FOREIGN.values()) + JUNK + labelled
     texts += [t.upper() for t in texts] + [f"{t} {u}" for t, u in zip(texts, reversed(texts))]
     batch = _batch(texts)
-    for rule in (FilenameRule(), ControlCharsRule(), MojibakeRule(), HtmlMarkupRule()):
+    for rule in (FilenameRule(), ControlCharsRule(), MojibakeRule()):
         rule.score(batch)
     assert batch.columns["filename_pattern"].tolist() == _filename_reference(batch.captions)
-    for rule in (ControlCharsRule(), MojibakeRule(), HtmlMarkupRule()):
+    for rule in (ControlCharsRule(), MojibakeRule()):
         assert (batch.columns[f"has_{rule.name}"] == _full_pass(batch.captions, rule.regex)).all(), rule.name
     custom = {"camera": FILENAME_PATTERNS["camera"], "numeric": FILENAME_PATTERNS["numeric"]}
     alone = _batch(texts)  # custom patterns use their own screen
@@ -397,13 +409,25 @@ def test_rejected_rows_are_not_language_scored(tmp_path: Path) -> None:
     assert by_reason["language"]["lang"] == "de" and by_reason["language"]["lang_score"] > 0.5
 
 
+def test_run_filter_stores_repaired_captions(tmp_path: Path) -> None:
+    rows = [("http://x.test/1.jpg", "Danny Stowell &amp; Kate Moore at the <b>UK Open</b> 2009"),
+            ("http://x.test/2.jpg", "A black dog running on the beach at sunset"),
+            ("http://x.test/3.jpg", "&nbsp;")]
+    _write_part(tmp_path / "in" / "part-a.parquet", rows)
+    stats = run_filter(tmp_path / "in", tmp_path / "out")
+    kept = _read(tmp_path / "out" / "kept")
+    assert kept.column("caption").to_pylist() == ["Danny Stowell & Kate Moore at the UK Open 2009", rows[1][1]]
+    assert kept.column("uid").to_pylist() == [make_uid(u, c) for u, c in rows[:2]], "uids stay those of the input"
+    assert dict(stats.dropped) == {"too_short": 1} and stats.extra["cleaned_html_markup"] == 2
+
+
 def test_config_validation_and_pickling() -> None:
     with pytest.raises(WitError, match="unknown rule"):
         FilterConfig(rules=("filename", "nsfw"))
     with pytest.raises(WitError, match="min_lang_score"):
         FilterConfig(min_lang_score=2.0)
     rules = build_rules(FilterConfig())
-    assert [r.name for r in rules] == ["filename", "control_chars", "mojibake", "html_markup", "too_short",
+    assert [r.name for r in rules] == ["html_markup", "filename", "control_chars", "mojibake", "too_short",
                                        "too_few_words", "too_long", "too_many_words", "duplicate", "language"]
     rules[-1].apply(_batch(ENGLISH), StageStats("t"))  # loads the model (cached per process, not on the rule)
     assert [r.name for r in pickle.loads(pickle.dumps(rules))] == [r.name for r in rules]

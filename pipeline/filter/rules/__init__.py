@@ -1,7 +1,7 @@
 """Caption filter rules, one module per family, applied to a record batch in the fixed ``RULE_ORDER``.
 
 :mod:`.base` (the batch and the base rule: counting, reasons, the shared regex screen), :mod:`.filename`,
-:mod:`.text` (control characters, mojibake, HTML), :mod:`.length`, :mod:`.language` (with :mod:`.lid`,
+:mod:`.text` (control characters, mojibake; HTML markup is repaired, not rejected), :mod:`.length`, :mod:`.language` (with :mod:`.lid`,
 fastText in batches) and :mod:`.duplicate`. Cheap rules come first and the language rule last, scoring
 only the rows still alive: a row rejected earlier has a null ``lang``. Every rule but ``duplicate`` is a
 function of the caption alone, so all copies of a pair get the same verdict from them.
@@ -14,9 +14,10 @@ from pipeline.filter.rules.length import TooFewWordsRule, TooLongRule, TooManyWo
 from pipeline.filter.rules.lid import default_lid_model, load_lid_model, predict_languages
 from pipeline.filter.rules.text import ControlCharsRule, HtmlMarkupRule, MojibakeRule
 
-#: The fixed order rules are applied in; a row's reason is the first rule that rejects it.
-#: Cheap rules first, the fastText language rule last (it scores only the rows still alive).
-RULE_ORDER = ("filename", "control_chars", "mojibake", "html_markup", "too_short", "too_few_words",
+#: The fixed order rules are applied in; a row's reason is the first rule that rejects it. HTML repair
+#: comes first (the other rules judge the repaired caption), then the cheap rules, the fastText
+#: language rule last (it scores only the rows still alive).
+RULE_ORDER = ("html_markup", "filename", "control_chars", "mojibake", "too_short", "too_few_words",
               "too_long", "too_many_words", "duplicate", "language")
 
 __all__ = ["RULE_ORDER", "Batch", "ControlCharsRule", "DuplicateRule", "EXPOSURE_TOKEN", "FILENAME_PATTERNS",

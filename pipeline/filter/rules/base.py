@@ -1,9 +1,10 @@
 """The rule machinery: a :class:`Batch` under evaluation and the base :class:`Rule`.
 
 A rule only decides: it may add score columns (``score``) and returns a mask of the rows it rejects
-(``decide``); :meth:`Rule.apply` does the bookkeeping (only rows still alive can be rejected, the first
-rule that rejects a row is its ``reason``, counts go into the stage stats). Regex rules share one RE2
-screening pass per batch (:class:`ScreenedRule`, :func:`screened`) and run their own regexes on its hits.
+(``decide``), or repairs captions (``clean``); :meth:`Rule.apply` does the bookkeeping (only rows still
+alive can be rejected, the first rule that rejects a row is its ``reason``, counts go into the stats).
+Regex rules share one RE2 screening pass per batch (:class:`ScreenedRule`, :func:`screened`) and run
+their own regexes on its hits only.
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def utf8_buffers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 class Batch:
     """One record batch under evaluation: trimmed captions, urls, the rows alive, and added columns.
 
-    ``repeat`` (when known) marks rows whose (url, caption) pair occurred earlier in the input.
+    ``repeat`` (when known) marks rows whose (url, caption) pair occurred earlier in the input;
+    ``cleaned`` (once a rule rewrote a caption) marks the rows whose caption is no longer the input's.
     """
 
     captions: pa.Array
@@ -54,6 +56,7 @@ class Batch:
     reasons: np.ndarray
     columns: dict[str, Any] = dataclasses.field(default_factory=dict)
     repeat: np.ndarray | None = None
+    cleaned: np.ndarray | None = None
 
     @classmethod
     def from_record_batch(cls, batch: pa.RecordBatch) -> "Batch":
@@ -69,11 +72,25 @@ class Batch:
             self.columns[name] = compute(self)
         return self.columns[name]
 
+    def rewrite(self, rows: np.ndarray, texts: list[str]) -> None:
+        """Replace the captions of ``rows`` (ascending) with ``texts``; score columns computed on the old
+        captions are dropped."""
+        mask = np.zeros(len(self.captions), dtype=bool)
+        mask[rows] = True
+        self.captions = pc.replace_with_mask(self.captions, pa.array(mask), pa.array(texts, pa.string()))
+        self.cleaned = mask if self.cleaned is None else self.cleaned | mask
+        self.columns.clear()
+
 
 class Rule:
-    """Base class: subclasses set ``name`` and implement ``decide`` (and optionally ``score``)."""
+    """Base class: subclasses set ``name`` and implement ``decide`` (and optionally ``score``, or ``clean``
+    for a rule that repairs captions rather than rejecting them)."""
 
     name: ClassVar[str] = ""
+
+    def clean(self, batch: Batch) -> tuple[np.ndarray, list[str]]:
+        """Rows (ascending) whose caption this rule repairs, and their repaired text; none by default."""
+        return np.zeros(0, dtype=np.int64), []
 
     def score(self, batch: Batch) -> None:
         """Add score columns to ``batch.columns`` (for every row, so thresholds can be re-tuned)."""
@@ -83,9 +100,15 @@ class Rule:
         raise NotImplementedError
 
     def apply(self, batch: Batch, stats: StageStats) -> int:
-        """Score, decide, mark the newly rejected rows with this rule's name and count them."""
+        """Clean, score, decide, mark the newly rejected rows with this rule's name and count them (the
+        repaired captions are counted in ``stats.extra["cleaned_<name>"]``)."""
         if not batch.alive.any():
             return 0
+        rows, texts = self.clean(batch)
+        if len(rows):
+            batch.rewrite(rows, texts)
+            key = f"cleaned_{self.name}"
+            stats.extra[key] = stats.extra.get(key, 0) + len(rows)
         self.score(batch)
         rejected = np.asarray(self.decide(batch), dtype=bool) & batch.alive
         n = int(rejected.sum())
