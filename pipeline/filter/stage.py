@@ -51,8 +51,9 @@ class FilterConfig:
     """Options of the filter stage."""
 
     languages: tuple[str, ...] = field(("en",), help="fastText language codes to keep")
-    min_lang_score: float = field(0.3, help="minimum fastText probability of the caption's language "
-                                  "(kept low: lid.176 is unsure on short captions)")
+    min_lang_score: float = field(0.1625, help="minimum language score: 0.6 x fastText's probability of the "
+                                  "allowed languages + 0.4 x the share of their common words as far as fastText "
+                                  "is unsure (chosen on the labelled dev set: benchmarks/caption_quality.py)")
     min_chars: int = field(5, help="minimum caption length in characters")
     max_chars: int = field(1000, help="maximum caption length in characters (0 = no limit)")
     min_words: int = field(2, help="minimum number of words in a caption")

@@ -16,6 +16,7 @@ from pipeline.filter.rules import (EXPOSURE_TOKEN, FILENAME_PATTERNS, Batch, Con
                                     FilenameRule, HtmlMarkupRule, LanguageRule, MojibakeRule, TooFewWordsRule,
                                     TooLongRule, TooManyWordsRule, TooShortRule, default_lid_model, load_lid_model,
                                     word_counts)
+from pipeline.filter.rules.language import lid_text, load_vocabulary, word_shares
 from pipeline.filter.exact_dedup import RECORD, bucket_repeats, build_repeat_index
 from pipeline.core.errors import WitError
 from pipeline.crawl.extract import make_uid
@@ -176,24 +177,70 @@ def test_screened_rules_match_full_regex_passes() -> None:
     assert alone.columns["filename_pattern"].tolist() == _filename_reference(alone.captions, custom)
 
 
-def test_language_scores_are_fasttext_single_line_predictions() -> None:
-    """The batched path (multilinePredict, dedup, clipping, label table) gives what fastText's one-line
-    ``predict`` gives on each caption, newlines replaced and cut at ``max_chars`` characters."""
+def _reference_language(rule: LanguageRule, text: str) -> tuple[str, float]:
+    """The language rule's (lang, lang_score) for one caption, line by line: fastText's one-line ``predict``
+    (``k`` labels) on the normalised text, the allowed labels' probability and the common-word share
+    (weighed by fastText's doubt when its top label is not allowed)."""
+    model = load_lid_model(str(default_lid_model())).model
+    norm = lid_text(pa.array([text.strip()[:rule.max_chars]]))[0].as_py()
+    pairs = [(label.removeprefix("__label__"), min(prob, 1.0)) for prob, label in
+             model.f.predict(norm.replace("\r", " ").replace("\n", " ") + "\n", rule.k, 0.0, "strict")]
+    mass = sum(prob for label, prob in pairs if label in rule.languages)
+    words = [w for w in norm.split(" ") if len(w.encode()) >= 2]
+    vocabulary = set(load_vocabulary(rule.languages).to_pylist())
+    share = sum(w in vocabulary for w in words) / len(words) if words else 0.0
+    doubt = 1.0 if pairs[0][0] in rule.languages else 1.0 - pairs[0][1]
+    score = (1 - rule.word_weight) * mass + rule.word_weight * share * doubt
+    allowed = [label for label, _ in pairs if label in rule.languages] + [rule.languages[0]]
+    kept_on_other = score >= rule.min_score and pairs[0][0] not in rule.languages
+    return (allowed[0] if kept_on_other else pairs[0][0]), score
+
+
+@pytest.mark.parametrize("languages", [("en",), ("en", "de")])
+@pytest.mark.parametrize("min_score", [0.0, 0.15])
+def test_language_scores_match_a_line_by_line_reference(languages: tuple[str, ...], min_score: float) -> None:
+    """The batched path (normalising, dedup, clipping, multilinePredict with k=1 then k where needed, label
+    table, vectorised word shares) gives what the line-by-line reference gives on each caption: the same
+    score when it can reach ``min_score`` (always when that is 0), else a lower one, and the same decision."""
     texts = ENGLISH + list(FOREIGN.values()) + ["A dog\non the\r\nbeach", "Ünïcödé wörds " * 60, ENGLISH[0], "cat",
-                                                 "日本語のテキスト" * 80, "x"]
+                                                 "日本語のテキスト" * 80, "Bump Baby Boutique", "Cute yellow chick napkin",
+                                                 "pink lace halter top", "NW Dell Vostro 15-3546 US English Keyboard",
+                                                 "12345 678", "x"]
     batch = _batch(texts)
     batch.alive[-1] = False
-    rule = LanguageRule(("en",), 0.5, max_chars=500)
+    rule = LanguageRule(languages, min_score, max_chars=500)
     rule.score(batch)
-    model = load_lid_model(str(default_lid_model())).model
     for text, lang, score, alive in zip(texts, batch.columns["lang"].to_pylist(),
                                         batch.columns["lang_score"].to_pylist(), batch.alive):
         if not alive:
             assert lang is None and score is None
             continue
-        line = text.strip()[:500].replace("\r", " ").replace("\n", " ") + "\n"
-        prob, label = model.f.predict(line, 1, 0.0, "strict")[0]
-        assert (lang, np.float32(score)) == (label.removeprefix("__label__"), np.float32(min(prob, 1.0))), text
+        want_lang, want_score = _reference_language(rule, text)
+        assert lang == want_lang and (score >= min_score) == (want_score >= min_score), text
+        assert score == pytest.approx(want_score, abs=1e-6) or score < want_score < min_score, text
+
+
+def test_lid_text_and_word_shares() -> None:
+    texts = pa.array(["Cute Yellow Chick NAPKIN", "NW Dell Vostro 15-3546 Latitude", "see https://x.test/a?b=1 or www.x.test",
+                      "Jasper pendant, 'Bohemian Elegance' - Red", "don't stop", "Top10 Berlin 2019-20 4k", "",
+                      "日本語のテキスト 12", "Über Café – naïve"])
+    norm = lid_text(texts)
+    assert [" ".join(t.split()) for t in norm.to_pylist()] == [
+        "cute yellow chick napkin", "nw dell vostro latitude", "see or", "jasper pendant bohemian elegance red",
+        "don't stop", "berlin", "", "日本語のテキスト", "über café naïve"]
+    shares = word_shares(norm, pa.array(["cute", "yellow", "napkin", "dell", "see", "or", "stop", "berlin"]))
+    assert shares.round(3).tolist() == [0.75, 0.25, 1.0, 0.0, 0.5, 1.0, 0.0, 0.0, 0.0]
+
+
+def test_language_rule_keeps_short_title_case_english_and_names_its_language() -> None:
+    english = ["Cute yellow chick napkin", "pink lace halter top", "Danny Stowell & Kate Moore at UK Open 2009",
+               "Popsicle molds", "Rainbow Baby", "Westgate Hotel", "Custom Flower Arrangements"]
+    foreign = ["Kostenloser Versand ab 50 Euro", "Seorang pria berkaos merah sedang duduk di tepi jalan.",
+               "Sichere Bezahlung", "5 estrellas"]
+    batch = _batch(english + foreign)
+    LanguageRule(("en",), FilterConfig().min_lang_score).apply(batch, StageStats("t"))
+    assert batch.alive.tolist() == [True] * len(english) + [False] * len(foreign)
+    assert batch.columns["lang"].to_pylist()[:len(english)] == ["en"] * len(english), "kept rows name an allowed language"
 
 
 def test_language_rule_keeps_english_only() -> None:
@@ -406,7 +453,7 @@ def test_rejected_rows_are_not_language_scored(tmp_path: Path) -> None:
     rejected = _read(tmp_path / "out" / "rejected").to_pylist()
     by_reason = {r["reason"]: r for r in rejected}
     assert by_reason["filename"]["lang"] is None and by_reason["filename"]["lang_score"] is None
-    assert by_reason["language"]["lang"] == "de" and by_reason["language"]["lang_score"] > 0.5
+    assert by_reason["language"]["lang"] == "de" and by_reason["language"]["lang_score"] < FilterConfig().min_lang_score
 
 
 def test_run_filter_stores_repaired_captions(tmp_path: Path) -> None:

@@ -94,35 +94,48 @@ def gc_paused() -> Iterator[None]:
 
 def predict_languages(lid: LidModel, texts: list[str] | pa.Array) -> tuple[pa.Array, np.ndarray]:
     """Top language code (a string array) and its probability (float32 in [0, 1]) for each text."""
-    rows, scores = predict_label_rows(lid, texts)
-    return lid.codes.take(rows), scores
+    rows, scores = predict_top_k(lid, texts, 1)
+    return lid.codes.take(rows[:, 0]), scores[:, 0]
 
 
-def predict_label_rows(lid: LidModel, texts: list[str] | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Row of ``lid.codes`` of the top language and its probability (float32 in [0, 1]) for each text.
+def predict_top_k(lid: LidModel, texts: list[str] | pa.Array, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``lid.codes`` of the ``k`` most probable languages of each text, best first, and their
+    probabilities (float32 in [0, 1]), as ``(n, k)`` arrays.
 
-    One call of the bindings' ``multilinePredict`` (k=1, threshold 0: every line gets its best label
-    and score, thresholds are applied later to the stored score), with the collector paused until its
-    per-line objects are converted and freed.
+    One call of the bindings' ``multilinePredict`` (threshold 0: every line gets its ``k`` best labels,
+    thresholds are applied later to the stored score), with the collector paused until its per-line
+    objects are converted and freed.
     """
     texts = pa.array(texts, pa.string()) if isinstance(texts, list) else texts
     if not len(texts):
-        return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
+        return np.zeros((0, k), dtype=np.int32), np.zeros((0, k), dtype=np.float32)
     with gc_paused():
-        labels, probs = lid.model.f.multilinePredict(fasttext_lines(texts), 1, 0.0, "strict")
-        rows, scores = _top_predictions(lid, labels, probs)
+        labels, probs = lid.model.f.multilinePredict(fasttext_lines(texts), k, 0.0, "strict")
+        rows, scores = _predictions(lid, labels, probs, k)
         del labels, probs  # freed while paused: they never reach an older generation
     return rows, np.clip(scores, 0.0, 1.0)
 
 
-def _top_predictions(lid: LidModel, labels: list[list[str]],
-                     probs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Label rows and scores of ``multilinePredict``'s per-line lists, with C-level ``map`` (no Python
-    loop body per line); a line without a prediction gets ``""`` and 0."""
+def _predictions(lid: LidModel, labels: list[list[str]], probs: list[np.ndarray],
+                 k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Label rows and scores of ``multilinePredict``'s per-line lists as ``(n, k)`` arrays, with C-level
+    ``map`` (no Python loop body per line); missing predictions are padded with ``""`` and 0."""
     n = len(labels)
-    top = list(itertools.chain.from_iterable(labels))
-    if len(top) == n:  # every line has a prediction (the end-of-line token guarantees one)
-        rows = np.fromiter(map(lid.label_index.__getitem__, top), dtype=np.int32, count=n)
-        return rows, np.fromiter(map(np.ndarray.item, probs), dtype=np.float32, count=n)
-    rows = np.array([lid.label_index[lab[0]] if lab else lid.no_label for lab in labels], dtype=np.int32)
-    return rows, np.array([p[0] if len(p) else 0.0 for p in probs], dtype=np.float32)
+    flat = list(itertools.chain.from_iterable(labels))
+    if len(flat) != n * k:  # never seen with lid.176 (the end-of-line token always gives k labels)
+        return _padded_predictions(lid, labels, probs, k)
+    rows = np.fromiter(map(lid.label_index.__getitem__, flat), dtype=np.int32, count=n * k).reshape(n, k)
+    if k == 1:
+        return rows, np.fromiter(map(np.ndarray.item, probs), dtype=np.float32, count=n).reshape(n, 1)
+    return rows, np.concatenate(probs).astype(np.float32).reshape(n, k)
+
+
+def _padded_predictions(lid: LidModel, labels: list[list[str]], probs: list[np.ndarray],
+                        k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The slow path of :func:`_predictions`, line by line, for lines with fewer than ``k`` labels."""
+    rows = np.full((len(labels), k), lid.no_label, dtype=np.int32)
+    scores = np.zeros((len(labels), k), dtype=np.float32)
+    for i, (line_labels, line_probs) in enumerate(zip(labels, probs)):
+        rows[i, :len(line_labels)] = [lid.label_index[label] for label in line_labels]
+        scores[i, :len(line_probs)] = line_probs
+    return rows, scores
