@@ -1,5 +1,5 @@
-"""Benchmark: the filter stage's throughput (captions/s on one core, all rules on), its peak memory as
-the input grows 10x, and the caption-quality figures of the labelled set.
+"""Benchmark: the filter stage's throughput (captions/s on one core, all rules on) and its peak memory as
+the input grows 10x (caption quality on the labelled dev set: ``benchmarks/caption_quality.py``).
 
 Input: generated alt-text candidates in parquet parts of 250,000 rows (like crawl parts), a web-like mix
 (fractions in the result's ``mix``): natural English captions from templates over a few thousand words,
@@ -13,7 +13,7 @@ Each size runs in a fresh process pinned to one core, timing ``run_filter`` end 
 duplicate index, rules, parquet write, first-use imports and the model load included) and reporting its
 peak RSS (``ru_maxrss``); ``meets_target`` needs every run, the worst case included, at the target per
 CPU-second. A last fresh process profiles the worst case (``profile_of_worst_case``, own CPU time).
-Writes ``benchmarks/results/filter.json`` and ``benchmarks/results/caption_quality.json``.
+Writes ``benchmarks/results/filter.json`` (``--worst-only``: ``filter_worst_case.json``).
 
     .venv/bin/python benchmarks/bench_filter.py [--rows 500000] [--scale 10]
     .venv/bin/python benchmarks/bench_filter.py --worst-only --rows 200000 [--baseline OTHER_CHECKOUT] [--repeat 3]
@@ -29,7 +29,6 @@ import pstats
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 import resource  # noqa: E402
@@ -245,15 +244,6 @@ def worst_case_ab(rows: int, baseline: Path | None, repeat: int) -> dict[str, An
     return result
 
 
-def caption_quality_report() -> dict[str, Any]:
-    spec = importlib.util.spec_from_file_location("test_caption_quality", REPO / "tests/unit/test_caption_quality.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    report = module.caption_quality(module.load_labelled())
-    return {"benchmark": "caption quality on tests/data/captions_labelled.jsonl (default FilterConfig)",
-            "floors_asserted_by_tests": module.FLOORS, **report}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=500_000, help="rows of the small input")
@@ -272,7 +262,6 @@ def main() -> None:
         result = worst_case_ab(args.rows, args.baseline, args.repeat)
         write_json(RESULTS / "filter_worst_case.json", result)
         return print(json.dumps(result["median_captions_per_cpu_s"] | {"ratio": result.get("ratio_this_to_baseline")}))
-    write_json(RESULTS / "caption_quality.json", caption_quality_report())
     result: dict[str, Any] = {"benchmark": "filter stage (pipeline.filter.stage.run_filter), all rules, one core",
                               "machine": machine(), "mix": MIX, "target_captions_per_s": 100_000}
     with tempfile.TemporaryDirectory(prefix="bench-filter-") as tmp:
