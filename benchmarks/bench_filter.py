@@ -1,5 +1,5 @@
-"""Benchmark: the filter stage's throughput (captions/s on one core, all rules on), its peak memory as
-the input grows 10x, and the caption-quality figures of the labelled set.
+"""Benchmark: the filter stage's throughput (captions/s on one core, all rules on) and its peak memory as
+the input grows 10x (caption quality on the labelled dev set: ``benchmarks/caption_quality.py``).
 
 Input: generated alt-text candidates in parquet parts of 250,000 rows (like crawl parts), a web-like mix
 (fractions in the result's ``mix``): natural English captions from templates over a few thousand words,
@@ -13,9 +13,10 @@ Each size runs in a fresh process pinned to one core, timing ``run_filter`` end 
 duplicate index, rules, parquet write, first-use imports and the model load included) and reporting its
 peak RSS (``ru_maxrss``); ``meets_target`` needs every run, the worst case included, at the target per
 CPU-second. A last fresh process profiles the worst case (``profile_of_worst_case``, own CPU time).
-Writes ``benchmarks/results/filter.json`` and ``benchmarks/results/caption_quality.json``.
+Writes ``benchmarks/results/filter.json`` (``--worst-only``: ``filter_worst_case.json``).
 
     .venv/bin/python benchmarks/bench_filter.py [--rows 500000] [--scale 10]
+    .venv/bin/python benchmarks/bench_filter.py --worst-only --rows 200000 [--baseline OTHER_CHECKOUT] [--repeat 3]
 """
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ import pstats
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 import resource  # noqa: E402
@@ -204,8 +204,8 @@ def profile_child(args: argparse.Namespace, top: int = 14) -> None:
     print(json.dumps(lines[start:start + top + 1]))
 
 
-def run_child(folder: Path, label: str, flag: str = "--child") -> Any:
-    proc = subprocess.run([sys.executable, __file__, flag, str(folder)], capture_output=True, text=True, check=True)
+def run_child(folder: Path, label: str, flag: str = "--child", script: str = __file__) -> Any:
+    proc = subprocess.run([sys.executable, script, flag, str(folder)], capture_output=True, text=True, check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"{label}: {result}", file=sys.stderr)
     return result
@@ -223,19 +223,34 @@ def lid_only(n: int = 200_000) -> dict[str, Any]:
     return {"captions": n, "captions_per_cpu_s": int(n / (time.process_time() - t))}
 
 
-def caption_quality_report() -> dict[str, Any]:
-    spec = importlib.util.spec_from_file_location("test_caption_quality", REPO / "tests/unit/test_caption_quality.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    report = module.caption_quality(module.load_labelled())
-    return {"benchmark": "caption quality on tests/data/captions_labelled.jsonl (default FilterConfig)",
-            "floors_asserted_by_tests": module.FLOORS, **report}
+def worst_case_ab(rows: int, baseline: Path | None, repeat: int) -> dict[str, Any]:
+    """The worst case only (every caption a distinct English sentence), ``repeat`` times; with ``baseline``
+    (another checkout of the repository) its ``--child`` runs too, interleaved with this one's on the same
+    input, and the ratio of the medians is measured within this one run."""
+    trees = {"this": Path(__file__)} | ({"baseline": baseline / "benchmarks" / "bench_filter.py"} if baseline else {})
+    runs: dict[str, list[Any]] = {name: [] for name in trees}
+    with tempfile.TemporaryDirectory(prefix="bench-filter-worst-") as tmp:
+        write_parts(Path(tmp) / "worst", rows, seed=3, mix={"english": 1.0})
+        for i in range(repeat):
+            for name, script in trees.items():
+                runs[name].append(run_child(Path(tmp) / "worst", f"{name} #{i + 1}", script=str(script)))
+    result: dict[str, Any] = {"benchmark": "filter worst case (all distinct English), one core", "rows": rows,
+                              "machine": machine(), "runs": runs}
+    medians = {name: sorted(r["captions_per_cpu_s"] for r in rs)[len(rs) // 2] for name, rs in runs.items()}
+    result["median_captions_per_cpu_s"] = medians
+    if baseline:
+        result["baseline"] = str(baseline)
+        result["ratio_this_to_baseline"] = round(medians["this"] / medians["baseline"], 3)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=500_000, help="rows of the small input")
     parser.add_argument("--scale", type=int, default=10, help="the large input has rows x scale rows")
+    parser.add_argument("--worst-only", action="store_true", help="only the worst case (filter_worst_case.json)")
+    parser.add_argument("--baseline", type=Path, help="with --worst-only: a checkout to compare, runs interleaved")
+    parser.add_argument("--repeat", type=int, default=3, help="with --worst-only: runs of each checkout")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--profile-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -243,7 +258,10 @@ def main() -> None:
         args.input = args.child or args.profile_child
         return child(args) if args.child else profile_child(args)
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
-    write_json(RESULTS / "caption_quality.json", caption_quality_report())
+    if args.worst_only:
+        result = worst_case_ab(args.rows, args.baseline, args.repeat)
+        write_json(RESULTS / "filter_worst_case.json", result)
+        return print(json.dumps(result["median_captions_per_cpu_s"] | {"ratio": result.get("ratio_this_to_baseline")}))
     result: dict[str, Any] = {"benchmark": "filter stage (pipeline.filter.stage.run_filter), all rules, one core",
                               "machine": machine(), "mix": MIX, "target_captions_per_s": 100_000}
     with tempfile.TemporaryDirectory(prefix="bench-filter-") as tmp:

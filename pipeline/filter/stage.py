@@ -1,9 +1,9 @@
 """The ``filter`` stage: candidates -> ``kept/`` and ``rejected/`` pairs, every rejection with a reason.
 
 ``run_filter(input_dir, out_dir, cfg)`` streams each input parquet part in record batches through the
-rules of :mod:`pipeline.filter.rules` (fixed order ``RULE_ORDER``: file names, control characters,
-mojibake, HTML markup, lengths in characters and words, duplicates, then fastText language ID on the
-rows still alive) and writes ``out_dir/kept/<part>`` (input columns + ``lang``, ``lang_score``) and
+rules of :mod:`pipeline.filter.rules` (fixed order ``RULE_ORDER``: HTML markup repaired, file names,
+control characters, mojibake, lengths in characters and words, duplicates, then fastText language ID on
+the rows still alive; a repaired caption is stored repaired) and writes ``out_dir/kept/<part>`` (input columns + ``lang``, ``lang_score``) and
 ``out_dir/rejected/<part>`` (+ ``reason``, the first rule that rejected the row), then ``_stats.json``.
 Every input row lands in exactly one of the two. Duplicates are exact over the whole input at any size:
 before filtering, :mod:`pipeline.filter.exact_dedup` indexes every (url, caption) pair in hash-partitioned
@@ -23,6 +23,7 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.filter.rules import (RULE_ORDER, Batch, ControlCharsRule, DuplicateRule, FilenameRule,
@@ -49,8 +50,10 @@ class FilterConfig(Config, section="filter"):
     """Options of the filter stage (checked when built)."""
 
     languages: tuple[str, ...] = field(("en",), help="fastText language codes to keep")
-    min_lang_score: float = field(0.3, min=0.0, max=1.0, help="minimum fastText probability of the caption's language "
-                                                    "(kept low: lid.176 is unsure on short captions)")
+    min_lang_score: float = field(0.1625, min=0.0, max=1.0, help="minimum language score: 0.6 x fastText's "
+                                  "probability of the allowed languages + 0.4 x the share of their common words as "
+                                  "far as fastText is unsure (chosen on the labelled dev set: "
+                                  "benchmarks/caption_quality.py)")
     min_chars: int = field(5, min=0, help="minimum caption length in characters")
     max_chars: int = field(1000, min=0, help="maximum caption length in characters (0 = no limit)")
     min_words: int = field(2, min=0, help="minimum number of words in a caption")
@@ -188,12 +191,22 @@ def filter_batch(batch: pa.RecordBatch, rules: list[Rule], stats: StageStats,
         rule.apply(state, stats)
     n = batch.num_rows
     table = pa.Table.from_batches([batch]).select([c for c in batch.schema.names if c not in ADDED_COLUMNS])
+    if state.cleaned is not None:
+        table = _with_repaired_captions(table, state)
     table = table.append_column(LANG_FIELDS[0], state.columns.get("lang", pa.nulls(n, pa.string())))
     table = table.append_column(LANG_FIELDS[1], state.columns.get("lang_score", pa.nulls(n, pa.float32())))
     reasons = pa.array(state.reasons[~state.alive], pa.string())
     stats.inputs += n
     stats.kept += int(state.alive.sum())
     return _rows(table, state.alive), _rows(table, ~state.alive).append_column(pa.field("reason", pa.string()), reasons)
+
+
+def _with_repaired_captions(table: pa.Table, state: Batch) -> pa.Table:
+    """``table`` with the captions a rule repaired (``state.cleaned``) replaced by the repaired text."""
+    i = table.schema.get_field_index("caption")
+    original = table.column(i).combine_chunks()
+    repaired = pc.if_else(pa.array(state.cleaned), state.captions.cast(original.type), original)
+    return table.set_column(i, table.schema.field(i), repaired)
 
 
 def _rows(table: pa.Table, mask: np.ndarray) -> pa.Table:

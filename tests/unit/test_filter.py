@@ -11,11 +11,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.filter.rules as caption_rules
+import pipeline.filter.rules.duplicate as duplicate_rules
 from pipeline.filter.rules import (EXPOSURE_TOKEN, FILENAME_PATTERNS, Batch, ControlCharsRule, DuplicateRule,
                                     FilenameRule, HtmlMarkupRule, LanguageRule, MojibakeRule, TooFewWordsRule,
                                     TooLongRule, TooManyWordsRule, TooShortRule, default_lid_model, load_lid_model,
                                     word_counts)
+from pipeline.filter.rules.language import lid_text, load_vocabulary, word_shares
 from pipeline.filter.exact_dedup import RECORD, bucket_repeats, build_repeat_index
 from pipeline.core.errors import WitError
 from pipeline.crawl.extract import make_uid
@@ -121,9 +122,21 @@ def test_control_chars_mojibake_and_html_markup() -> None:
     assert _rejected(MojibakeRule(), ["CafÃ© de Flore", "Itâ€™s a dog", "Broken \ufffd text", "SÃO PAULO skyline",
                                       "Café de Flore", "Â© 2020 Acme", "Crème brûlée"]) == \
         [True, True, True, False, False, True, False]
-    assert _rejected(HtmlMarkupRule(), ["Tom &amp; Jerry", "A <b>bold</b> dog", "Line<br/>break", "Caf&#233;",
-                                        "Tom & Jerry", "AT&T store", "3 < 4 > 2", "Q&A session", "&nbsp;"]) == \
-        [True, True, True, True, False, False, False, False, True]
+
+
+def test_html_markup_is_repaired_not_rejected() -> None:
+    texts = ["Tom &amp; Jerry", "A <b>bold</b> dog", "Line<br/>break", "Caf&#233;", "Tom & Jerry", "AT&T store",
+             "3 < 4 > 2", "Q&A session", "&nbsp;", "Be a &#039;major&#039; win", "&amp;lt;i&amp;gt;x&amp;lt;/i&amp;gt; y",
+             "  <p>Two</p><p>lines</p>  ", "Ben &notes", "IMG_2034.JPG"]
+    stats = StageStats("t")
+    batch = _batch(texts)
+    HtmlMarkupRule().apply(batch, stats)
+    assert batch.alive.all() and stats.n_dropped == 0
+    assert batch.captions.to_pylist() == ["Tom & Jerry", "A bold dog", "Line break", "Café", "Tom & Jerry",
+                                          "AT&T store", "3 < 4 > 2", "Q&A session", "", "Be a 'major' win", "x y",
+                                          "Two lines", "Ben &notes", "IMG_2034.JPG"]
+    assert batch.cleaned.tolist() == [True] * 4 + [False] * 4 + [True] * 4 + [False] * 2
+    assert stats.extra == {"cleaned_html_markup": 8}
 
 
 def _full_pass(captions: pa.Array, regex: str) -> np.ndarray:
@@ -153,10 +166,10 @@ def test_screened_rules_match_full_regex_passes() -> None:
     texts = FILENAMES + CAPTIONS + ENGLISH + list(FOREIGN.values()) + JUNK + labelled
     texts += [t.upper() for t in texts] + [f"{t} {u}" for t, u in zip(texts, reversed(texts))]
     batch = _batch(texts)
-    for rule in (FilenameRule(), ControlCharsRule(), MojibakeRule(), HtmlMarkupRule()):
+    for rule in (FilenameRule(), ControlCharsRule(), MojibakeRule()):
         rule.score(batch)
     assert batch.columns["filename_pattern"].tolist() == _filename_reference(batch.captions)
-    for rule in (ControlCharsRule(), MojibakeRule(), HtmlMarkupRule()):
+    for rule in (ControlCharsRule(), MojibakeRule()):
         assert (batch.columns[f"has_{rule.name}"] == _full_pass(batch.captions, rule.regex)).all(), rule.name
     custom = {"camera": FILENAME_PATTERNS["camera"], "numeric": FILENAME_PATTERNS["numeric"]}
     alone = _batch(texts)  # custom patterns use their own screen
@@ -164,24 +177,70 @@ def test_screened_rules_match_full_regex_passes() -> None:
     assert alone.columns["filename_pattern"].tolist() == _filename_reference(alone.captions, custom)
 
 
-def test_language_scores_are_fasttext_single_line_predictions() -> None:
-    """The batched path (multilinePredict, dedup, clipping, label table) gives what fastText's one-line
-    ``predict`` gives on each caption, newlines replaced and cut at ``max_chars`` characters."""
+def _reference_language(rule: LanguageRule, text: str) -> tuple[str, float]:
+    """The language rule's (lang, lang_score) for one caption, line by line: fastText's one-line ``predict``
+    (``k`` labels) on the normalised text, the allowed labels' probability and the common-word share
+    (weighed by fastText's doubt when its top label is not allowed)."""
+    model = load_lid_model(str(default_lid_model())).model
+    norm = lid_text(pa.array([text.strip()[:rule.max_chars]]))[0].as_py()
+    pairs = [(label.removeprefix("__label__"), min(prob, 1.0)) for prob, label in
+             model.f.predict(norm.replace("\r", " ").replace("\n", " ") + "\n", rule.k, 0.0, "strict")]
+    mass = sum(prob for label, prob in pairs if label in rule.languages)
+    words = [w for w in norm.split(" ") if len(w.encode()) >= 2]
+    vocabulary = set(load_vocabulary(rule.languages).to_pylist())
+    share = sum(w in vocabulary for w in words) / len(words) if words else 0.0
+    doubt = 1.0 if pairs[0][0] in rule.languages else 1.0 - pairs[0][1]
+    score = (1 - rule.word_weight) * mass + rule.word_weight * share * doubt
+    allowed = [label for label, _ in pairs if label in rule.languages] + [rule.languages[0]]
+    kept_on_other = score >= rule.min_score and pairs[0][0] not in rule.languages
+    return (allowed[0] if kept_on_other else pairs[0][0]), score
+
+
+@pytest.mark.parametrize("languages", [("en",), ("en", "de")])
+@pytest.mark.parametrize("min_score", [0.0, 0.15])
+def test_language_scores_match_a_line_by_line_reference(languages: tuple[str, ...], min_score: float) -> None:
+    """The batched path (normalising, dedup, clipping, multilinePredict with k=1 then k where needed, label
+    table, vectorised word shares) gives what the line-by-line reference gives on each caption: the same
+    score when it can reach ``min_score`` (always when that is 0), else a lower one, and the same decision."""
     texts = ENGLISH + list(FOREIGN.values()) + ["A dog\non the\r\nbeach", "Ünïcödé wörds " * 60, ENGLISH[0], "cat",
-                                                 "日本語のテキスト" * 80, "x"]
+                                                 "日本語のテキスト" * 80, "Bump Baby Boutique", "Cute yellow chick napkin",
+                                                 "pink lace halter top", "NW Dell Vostro 15-3546 US English Keyboard",
+                                                 "12345 678", "x"]
     batch = _batch(texts)
     batch.alive[-1] = False
-    rule = LanguageRule(("en",), 0.5, max_chars=500)
+    rule = LanguageRule(languages, min_score, max_chars=500)
     rule.score(batch)
-    model = load_lid_model(str(default_lid_model())).model
     for text, lang, score, alive in zip(texts, batch.columns["lang"].to_pylist(),
                                         batch.columns["lang_score"].to_pylist(), batch.alive):
         if not alive:
             assert lang is None and score is None
             continue
-        line = text.strip()[:500].replace("\r", " ").replace("\n", " ") + "\n"
-        prob, label = model.f.predict(line, 1, 0.0, "strict")[0]
-        assert (lang, np.float32(score)) == (label.removeprefix("__label__"), np.float32(min(prob, 1.0))), text
+        want_lang, want_score = _reference_language(rule, text)
+        assert lang == want_lang and (score >= min_score) == (want_score >= min_score), text
+        assert score == pytest.approx(want_score, abs=1e-6) or score < want_score < min_score, text
+
+
+def test_lid_text_and_word_shares() -> None:
+    texts = pa.array(["Cute Yellow Chick NAPKIN", "NW Dell Vostro 15-3546 Latitude", "see https://x.test/a?b=1 or www.x.test",
+                      "Jasper pendant, 'Bohemian Elegance' - Red", "don't stop", "Top10 Berlin 2019-20 4k", "",
+                      "日本語のテキスト 12", "Über Café – naïve"])
+    norm = lid_text(texts)
+    assert [" ".join(t.split()) for t in norm.to_pylist()] == [
+        "cute yellow chick napkin", "nw dell vostro latitude", "see or", "jasper pendant bohemian elegance red",
+        "don't stop", "berlin", "", "日本語のテキスト", "über café naïve"]
+    shares = word_shares(norm, pa.array(["cute", "yellow", "napkin", "dell", "see", "or", "stop", "berlin"]))
+    assert shares.round(3).tolist() == [0.75, 0.25, 1.0, 0.0, 0.5, 1.0, 0.0, 0.0, 0.0]
+
+
+def test_language_rule_keeps_short_title_case_english_and_names_its_language() -> None:
+    english = ["Cute yellow chick napkin", "pink lace halter top", "Danny Stowell & Kate Moore at UK Open 2009",
+               "Popsicle molds", "Rainbow Baby", "Westgate Hotel", "Custom Flower Arrangements"]
+    foreign = ["Kostenloser Versand ab 50 Euro", "Seorang pria berkaos merah sedang duduk di tepi jalan.",
+               "Sichere Bezahlung", "5 estrellas"]
+    batch = _batch(english + foreign)
+    LanguageRule(("en",), FilterConfig().min_lang_score).apply(batch, StageStats("t"))
+    assert batch.alive.tolist() == [True] * len(english) + [False] * len(foreign)
+    assert batch.columns["lang"].to_pylist()[:len(english)] == ["en"] * len(english), "kept rows name an allowed language"
 
 
 def test_language_rule_keeps_english_only() -> None:
@@ -253,7 +312,7 @@ def test_repeat_index_is_exact_across_buckets_and_parts(tmp_path: Path) -> None:
 @pytest.mark.parametrize("digest", ["xxh3", "blake2b"])
 def test_repeat_index_with_either_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digest: str) -> None:
     if digest == "blake2b":  # the fallback when xxhash is not installed
-        monkeypatch.setattr(caption_rules, "DIGEST_128", caption_rules._blake2b_128)
+        monkeypatch.setattr(duplicate_rules, "DIGEST_128", duplicate_rules._blake2b_128)
     pairs = [(f"http://x.test/{i % 7}.jpg", f"caption {i % 11}") for i in range(300)]
     _write_part(tmp_path / "p.parquet", pairs)
     index = build_repeat_index([], [tmp_path / "p.parquet"], tmp_path / "work", bucket_rows=50, batch_rows=64)
@@ -394,7 +453,19 @@ def test_rejected_rows_are_not_language_scored(tmp_path: Path) -> None:
     rejected = _read(tmp_path / "out" / "rejected").to_pylist()
     by_reason = {r["reason"]: r for r in rejected}
     assert by_reason["filename"]["lang"] is None and by_reason["filename"]["lang_score"] is None
-    assert by_reason["language"]["lang"] == "de" and by_reason["language"]["lang_score"] > 0.5
+    assert by_reason["language"]["lang"] == "de" and by_reason["language"]["lang_score"] < FilterConfig().min_lang_score
+
+
+def test_run_filter_stores_repaired_captions(tmp_path: Path) -> None:
+    rows = [("http://x.test/1.jpg", "Danny Stowell &amp; Kate Moore at the <b>UK Open</b> 2009"),
+            ("http://x.test/2.jpg", "A black dog running on the beach at sunset"),
+            ("http://x.test/3.jpg", "&nbsp;")]
+    _write_part(tmp_path / "in" / "part-a.parquet", rows)
+    stats = run_filter(tmp_path / "in", tmp_path / "out")
+    kept = _read(tmp_path / "out" / "kept")
+    assert kept.column("caption").to_pylist() == ["Danny Stowell & Kate Moore at the UK Open 2009", rows[1][1]]
+    assert kept.column("uid").to_pylist() == [make_uid(u, c) for u, c in rows[:2]], "uids stay those of the input"
+    assert dict(stats.dropped) == {"too_short": 1} and stats.extra["cleaned_html_markup"] == 2
 
 
 def test_config_validation_and_pickling() -> None:
@@ -403,7 +474,7 @@ def test_config_validation_and_pickling() -> None:
     with pytest.raises(WitError, match="min_lang_score"):
         FilterConfig(min_lang_score=2.0)
     rules = build_rules(FilterConfig())
-    assert [r.name for r in rules] == ["filename", "control_chars", "mojibake", "html_markup", "too_short",
+    assert [r.name for r in rules] == ["html_markup", "filename", "control_chars", "mojibake", "too_short",
                                        "too_few_words", "too_long", "too_many_words", "duplicate", "language"]
     rules[-1].apply(_batch(ENGLISH), StageStats("t"))  # loads the model (cached per process, not on the rule)
     assert [r.name for r in pickle.loads(pickle.dumps(rules))] == [r.name for r in rules]
