@@ -129,11 +129,19 @@ def checked_parts(inputs: InputSpec, required: tuple[str, ...], hint: str) -> li
     if not parts:
         raise WitError(f"{inputs}: no parquet parts to {hint}")
     for part in parts:
-        names = read_schema(part).names
-        missing = [c for c in required if c not in names]
+        schema = read_schema(part)
+        missing = [c for c in required if c not in schema.names]
         if missing:
-            raise WitError(f"{part}: no '{missing[0]}' column (has: {', '.join(names)})")
+            raise WitError(f"{part}: no '{missing[0]}' column (has: {', '.join(schema.names)})")
+        wrong = [c for c in required if not _stringish(schema.field(c).type)]
+        if wrong:
+            raise WitError(f"{part}: column '{wrong[0]}' holds {schema.field(wrong[0]).type}, expected strings")
     return parts
+
+
+def _stringish(tp: pa.DataType) -> bool:
+    """A column of strings (an all-null column is typed null)."""
+    return pa.types.is_string(tp) or pa.types.is_large_string(tp) or pa.types.is_null(tp)
 
 
 def parse_json_strings(text: str, where: str | os.PathLike, what: str) -> list[str]:

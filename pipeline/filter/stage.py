@@ -27,7 +27,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.filter.rules import (RULE_ORDER, Batch, ControlCharsRule, DuplicateRule, FilenameRule,
-                                    HtmlMarkupRule, LanguageRule, MojibakeRule, Rule, TooFewWordsRule,
+                                    HtmlMarkupRule, LanguageRule, MissingValueRule, MojibakeRule, Rule,
+                                    TooFewWordsRule,
                                     TooLongRule, TooManyWordsRule, TooShortRule)
 from pipeline.core.config import Config, field
 from pipeline.filter.exact_dedup import build_repeat_index
@@ -87,7 +88,7 @@ def build_rules(cfg: FilterConfig) -> list[Rule]:
         "duplicate": DuplicateRule,
         "language": lambda: LanguageRule(cfg.languages, cfg.min_lang_score, cfg.lid_model, cfg.lid_max_chars),
     }
-    return [make[name]() for name in RULE_ORDER if name in cfg.rules]
+    return [MissingValueRule(), *(make[name]() for name in RULE_ORDER if name in cfg.rules)]
 
 
 @locked('filter', 'out_dir')

@@ -474,7 +474,7 @@ def test_config_validation_and_pickling() -> None:
     with pytest.raises(WitError, match="min_lang_score"):
         FilterConfig(min_lang_score=2.0)
     rules = build_rules(FilterConfig())
-    assert [r.name for r in rules] == ["html_markup", "filename", "control_chars", "mojibake", "too_short",
+    assert [r.name for r in rules] == ["bad_type", "html_markup", "filename", "control_chars", "mojibake", "too_short",
                                        "too_few_words", "too_long", "too_many_words", "duplicate", "language"]
     rules[-1].apply(_batch(ENGLISH), StageStats("t"))  # loads the model (cached per process, not on the rule)
     assert [r.name for r in pickle.loads(pickle.dumps(rules))] == [r.name for r in rules]

@@ -6,7 +6,7 @@ fastText in batches) and :mod:`.duplicate`. Cheap rules come first and the langu
 only the rows still alive: a row rejected earlier has a null ``lang``. Every rule but ``duplicate`` is a
 function of the caption alone, so all copies of a pair get the same verdict from them.
 """
-from pipeline.filter.rules.base import Batch, Rule, caption_column, url_column
+from pipeline.filter.rules.base import Batch, MissingValueRule, Rule, caption_column, url_column
 from pipeline.filter.rules.duplicate import DuplicateRule, pair_keys
 from pipeline.filter.rules.filename import EXPOSURE_TOKEN, FILENAME_PATTERNS, FilenameRule
 from pipeline.filter.rules.language import LanguageRule
@@ -21,6 +21,6 @@ RULE_ORDER = ("html_markup", "filename", "control_chars", "mojibake", "too_short
               "too_long", "too_many_words", "duplicate", "language")
 
 __all__ = ["RULE_ORDER", "Batch", "ControlCharsRule", "DuplicateRule", "EXPOSURE_TOKEN", "FILENAME_PATTERNS",
-           "FilenameRule", "HtmlMarkupRule", "LanguageRule", "MojibakeRule", "Rule", "TooFewWordsRule",
+           "FilenameRule", "HtmlMarkupRule", "LanguageRule", "MissingValueRule", "MojibakeRule", "Rule", "TooFewWordsRule",
            "TooLongRule", "TooManyWordsRule", "TooShortRule", "caption_column", "default_lid_model",
            "load_lid_model", "pair_keys", "predict_languages", "url_column", "word_counts"]

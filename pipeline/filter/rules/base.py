@@ -57,14 +57,17 @@ class Batch:
     columns: dict[str, Any] = dataclasses.field(default_factory=dict)
     repeat: np.ndarray | None = None
     cleaned: np.ndarray | None = None
+    missing: np.ndarray | None = None
 
     @classmethod
     def from_record_batch(cls, batch: pa.RecordBatch) -> "Batch":
-        """Wrap a record batch with ``url`` and ``caption`` columns (nulls become empty strings)."""
+        """Wrap a record batch with ``url`` and ``caption`` columns (nulls become empty strings and are
+        marked in ``missing``)."""
         n = batch.num_rows
         captions = caption_column(batch.column("caption"))
         urls = url_column(batch.column("url"))
-        return cls(captions, urls, np.ones(n, dtype=bool), np.full(n, None, dtype=object))
+        missing = as_mask(pc.or_(pc.is_null(batch.column("url")), pc.is_null(batch.column("caption"))))
+        return cls(captions, urls, np.ones(n, dtype=bool), np.full(n, None, dtype=object), missing=missing)
 
     def score(self, name: str, compute: Callable[["Batch"], Any]) -> Any:
         """The score column ``name``, computed once per batch and shared by the rules that threshold it."""
@@ -167,3 +170,12 @@ def screened(batch: Batch) -> np.ndarray:
     each rule's own regexes on the few screened rows is several times cheaper than a pass per rule.
     """
     return batch.score("regex_screen", lambda b: regex_mask(b.captions, alternation(tuple(SHARED_SCREEN))))
+
+
+class MissingValueRule(Rule):
+    """Rejects rows whose ``url`` or ``caption`` is null (not a string): always applied, first."""
+
+    name = "bad_type"
+
+    def decide(self, batch: Batch) -> np.ndarray:
+        return batch.missing if batch.missing is not None else np.zeros(len(batch.alive), dtype=bool)
