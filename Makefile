@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast clean browser
 
 setup: $(STAMP)
 
@@ -30,7 +30,11 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(VENV)/bin/wit demo --out runs/demo
 
-test: $(STAMP)
+# Debian's headless Chromium for the dashboard's browser test (Playwright drives it; no browser download).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: $(STAMP) browser
 	$(VENV)/bin/python -m pytest -q -ra --timeout=1500 tests
 
 test-fast: $(STAMP)

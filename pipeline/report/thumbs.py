@@ -65,12 +65,15 @@ def shard_thumbnails(shards: Path, keys: Iterable[str]) -> dict[str, dict[str, A
 
 
 def gallery(shards: Path, n: int = 24, per_shard: int = 6) -> list[dict[str, Any]]:
-    """Up to ``n`` samples (key, thumbnail, caption), a few from each shard in turn."""
+    """Up to ``n`` samples (key, thumbnail, caption): the first few of each shard (more when there are
+    fewer than ``n / per_shard`` shards)."""
     out: list[dict[str, Any]] = []
-    for tar in sorted(shards.glob("[0-9]*.tar")):
+    tars = sorted(shards.glob("[0-9]*.tar"))
+    quota = max(per_shard, -(-n // max(1, len(tars))))
+    for tar in tars:
         if len(out) >= n:
             break
-        for key, s in sorted(_samples(tar, None, min(per_shard, n - len(out))).items()):
+        for key, s in sorted(_samples(tar, None, min(quota, n - len(out))).items()):
             uri = thumbnail_uri(s.get("image", b""))
             if uri:
                 out.append({"key": key, "uri": uri, "caption": s.get("caption", "")})
