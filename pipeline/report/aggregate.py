@@ -42,8 +42,8 @@ class CaptionAggregate:
     """Lengths in characters and words, languages, language scores and frequent words of captions."""
 
     def __init__(self) -> None:
-        self.chars = {g: Histogram.linear(0, 300, 30) for g in ("kept", "rejected")}
-        self.words = {g: Histogram.linear(0, 60, 30) for g in ("kept", "rejected")}
+        self.chars = {g: Histogram.linear(0, 200, 40) for g in ("kept", "rejected")}
+        self.words = {g: Histogram(np.arange(-0.5, 41)) for g in ("kept", "rejected")}  # one bin per count
         self.scores = {g: Histogram.linear(0, 1, 50) for g in ("kept", "rejected")}
         self.langs = TopCounter(1_000)
         self.frequent = TopCounter(50_000)

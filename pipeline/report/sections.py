@@ -102,9 +102,9 @@ def captions(build: Path, report: dict[str, Any]) -> Section:
     words = c["frequent"].most_common(20)
     score_marks = [(th["min_lang_score"], f"min_lang_score {th['min_lang_score']}")] if "min_lang_score" in th else []
     items = [
-        chart(charts.hist("cap-chars", c["chars"], "Caption length", "characters (last bin: 300 and more)",
+        chart(charts.hist("cap-chars", c["chars"], "Caption length", "characters (last bin: 200 and more)",
                           marks=_marks(th, "min_chars")), f"mean {fmt(c['chars']['kept'].mean, 1)} characters (kept)"),
-        chart(charts.hist("cap-words", c["words"], "Caption length", "words (last bin: 60 and more)",
+        chart(charts.hist("cap-words", c["words"], "Caption length", "words (last bin: 40 and more)",
                           marks=_marks(th, "min_words")), f"mean {fmt(c['words']['kept'].mean, 1)} words (kept)"),
         chart(charts.hist("cap-lang-score", c["scores"], "Language-ID score", "fastText probability of the language",
                           marks=score_marks),
@@ -123,7 +123,7 @@ def captions(build: Path, report: dict[str, Any]) -> Section:
 
 
 def _approx(counter: Any) -> str:
-    return "exact counts" if not counter.error else f"counts low by at most {counter.error:,} (bounded counter)"
+    return "Exact counts." if not counter.error else f"Counts low by at most {counter.error:,} (bounded counter)."
 
 
 # ---------------------------------------------------------------- balancing
