@@ -154,15 +154,16 @@ def images(build: Path, report: dict[str, Any]) -> Section:
     if s is None:
         return not_run("download", "No shards yet."), False
     fmts = s["formats"].most_common(10)
+    coverage = f"from the tars of {s['tars_read']:,} of {s['tars']:,} shards"
     items = [chart(charts.hist("img-size", {"width": s["width"], "height": s["height"]}, "Original image size",
                                "pixels", logx=True), f"median width ≈ {fmt(s['width'].quantile(0.5), 0)} px"),
              chart(charts.hist("img-aspect", {"width / height": s["aspect"]}, "Aspect ratio", "width / height",
                                marks=[(1.0, "square")], logx=True, xticks=ASPECT_TICKS)),
              chart(charts.hist("img-bytes", {"stored samples": s["bytes"]}, "Bytes per stored image", "bytes",
-                               logx=True), f"mean {fmt(s['bytes'].mean, 0)} bytes (after resizing)")]
+                               logx=True), f"mean {fmt(s['bytes'].mean, 0)} bytes (after resizing); {coverage}")]
     if fmts:
         items.append(chart(charts.bars("img-formats", [f for f, _ in fmts], [n for _, n in fmts],
-                                       "Formats of stored images", "samples")))
+                                       "Formats of stored images", "samples"), coverage))
     return grid(*items), True
 
 
