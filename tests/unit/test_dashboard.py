@@ -180,3 +180,19 @@ def test_served_page_is_regenerated_when_a_stage_finishes(tmp_path: Path) -> Non
         with pytest.raises(urllib.error.HTTPError, match="404"):
             urllib.request.urlopen(server.url + "etc/passwd")  # type: ignore[attr-defined]
     assert "http-equiv=refresh" not in (tmp_path / "reports" / "dashboard.html").read_text()
+
+
+def test_balancing_section_lists_the_queries_over_t(tmp_path: Path) -> None:
+    queries = tmp_path / "balanced" / "_queries"
+    queries.mkdir(parents=True)
+    pq.write_table(pa.table({"query_id": pa.array([0, 1, 2, 3], pa.int32()), "query": ["cat", "dog", "axolotl", "unused"],
+                             "count": [500, 120, 3, 0], "kept": [104, 99, 3, 0]}), queries / "query_counts.parquet")
+    _stage(tmp_path / "balanced", "balance", 600, 200, {"over_balanced": 400}, t=100)
+    write_report(tmp_path)
+    html = (tmp_path / "reports" / "dashboard.html").read_text()
+    section = html[html.index("<section id=balance>"):html.index("<section id=images>")]
+    assert "Queries over t = 100" in section and "No query matched more" not in section
+    over = section[section.index("Queries over t = 100"):]
+    assert "cat" in over and "dog" in over and "axolotl" not in over
+    assert "unused" not in section  # never matched: not in the rank plot nor the tail
+    assert "<svg" in section
