@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup system-deps demo test test-fast clean
+.PHONY: setup system-deps browser demo test test-fast clean
 
 setup: $(STAMP)
 
@@ -30,12 +30,17 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(VENV)/bin/wit demo --out runs/demo
 
-# Debian tools some tests use (strace: the local-Ray egress test). Installed as root when missing (CI runs as
-# root on Debian); elsewhere those tests skip and say why.
+# Debian tools some tests use: Chromium (the dashboard's browser test; Playwright drives it, no browser
+# download) and strace (the local-Ray egress test). Installed as root when missing (CI runs as root on
+# Debian; a second run is instant); elsewhere those tests skip and say why.
+SYSTEM_TOOLS := chromium strace
 system-deps:
-	@command -v strace >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
-	  && (apt-get update -qq && apt-get install -y -qq strace >/dev/null) \
-	  || echo "strace not installed: the local-Ray egress test will skip"; }
+	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || echo $$t; done); \
+	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && (apt-get update -qq && apt-get install -y -qq $$missing >/dev/null) \
+	  || echo "not installed: $$missing (the tests that need them will skip)"; }
+
+browser: system-deps
 
 test: $(STAMP) system-deps
 	$(VENV)/bin/python -m pytest -q -ra --timeout=1500 tests

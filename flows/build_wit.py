@@ -7,17 +7,19 @@ Thin on purpose: each task calls one function of ``flows.stages``. Run it with n
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 import flows.stages as stages
 from flows.config import BuildConfig, build_config
 from flows.train_flow import train_wit
 from pipeline.core.errors import WitError
-from pipeline.report import funnel_lines, overlap_lines
+from pipeline.report import funnel_lines, funnel_table, overlap_lines, overlap_table
+from pipeline.report.dashboard import PAGE
 
 
 class _OneLineWitErrors(logging.Filter):
@@ -55,12 +57,25 @@ TASKS = {
 MODEL_STAGES = ("train", "overlap")  # run together by the train-wit subflow
 
 
-def _publish(report: dict[str, Any]) -> None:
-    """Attach the funnel and the overlap analysis to the flow run as a markdown artifact."""
+def _publish(report: dict[str, Any]) -> list[str]:
+    """Attach the funnel and the overlap analysis to the flow run (markdown and tables) and link the
+    dashboard page; return the artifact keys."""
     body = ["## Funnel", "", "```", *funnel_lines(report), "```", "", "## Overlap analysis", "",
             *(f"- {line}" for line in overlap_lines(report) or ["(not run)"])]
-    create_markdown_artifact(key="build-wit-report", markdown="\n".join(body),
-                             description=f"wit-builder build {report['build_dir']}")
+    description = f"wit-builder build {report['build_dir']}"
+    create_markdown_artifact(key="build-wit-report", markdown="\n".join(body), description=description)
+    create_table_artifact(key="build-wit-funnel", table=funnel_table(report), description=f"funnel of {description}")
+    keys = ["build-wit-report", "build-wit-funnel"]
+    if report.get("overlap"):
+        create_table_artifact(key="build-wit-overlap", table=overlap_table(report["overlap"]),
+                              description="zero-shot accuracy on All / Clean / Overlap per eval set (in %)")
+        keys.append("build-wit-overlap")
+    page = Path(report["build_dir"]).resolve() / "reports" / PAGE
+    if page.is_file():
+        create_link_artifact(key="build-wit-dashboard", link=page.as_uri(), link_text=f"dashboard: {page}",
+                             description=description)
+        keys.append("build-wit-dashboard")
+    return keys
 
 
 def _train_and_analyse(cfg: BuildConfig, config: dict[str, Any] | None, config_path: str | None) -> dict[str, Any]:
@@ -86,5 +101,5 @@ def build_wit(config: dict[str, Any] | None = None, config_path: str | None = No
         logger.info("stage %s", name)
         results[name] = TASKS[name](cfg)
     if "report" in results:
-        _publish(results["report"])
+        results["report_artifacts"] = _publish(results["report"])
     return results

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
@@ -27,6 +28,8 @@ from pipeline.download.stage import DownloadConfig, run_download
 from pipeline.filter.stage import FilterConfig, run_filter
 from pipeline.miniweb.generate import generate_miniweb, serve_forever
 from pipeline.report import build_report, funnel_lines, overlap_lines, write_report
+from pipeline.report.dashboard import PAGE
+from pipeline.report.serve import dashboard_server
 from training.eval.overlap import OverlapConfig, run_overlap
 from training.train import TrainConfig, latest_checkpoint, run_train
 
@@ -105,6 +108,22 @@ def cmd_overlap(args: argparse.Namespace) -> None:
 def cmd_stats(args: argparse.Namespace) -> None:
     report = write_report(args.build_dir)
     print("\n".join(funnel_lines(report) + overlap_lines(report)))
+
+
+def cmd_dashboard(args: argparse.Namespace) -> None:
+    build = Path(args.build_dir)
+    if not build.is_dir():
+        raise WitError(f"{build}: no such build directory")
+    if not args.serve:
+        write_report(build)
+        print(build / "reports" / PAGE)
+        return
+    with dashboard_server(build, args.host, args.port, args.refresh,
+                          log=lambda line: print(line, file=sys.stderr, flush=True)) as server:
+        print(server.url, flush=True)  # type: ignore[attr-defined]
+        print(f"serving the dashboard of {build} (regenerated when a stage writes); Ctrl-C stops",
+              file=sys.stderr, flush=True)
+        threading.Event().wait()
 
 
 # ---- whole builds ------------------------------------------------------------------------------
@@ -208,6 +227,13 @@ def _stage_parsers(subs: Any) -> None:
 def _build_parsers(subs: Any) -> None:
     p = _sub(subs, "stats", cmd_stats, "Write and print the funnel of a build directory.")
     p.add_argument("build_dir", help="build directory")
+    p = _sub(subs, "dashboard", cmd_dashboard, "Write the build's statistics page (reports/dashboard.html) and "
+             "print its path; --serve serves it on this machine and regenerates it while the build runs.")
+    p.add_argument("build_dir", help="build directory")
+    p.add_argument("--serve", action="store_true", help="serve the page over HTTP until Ctrl-C")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (with --serve)")
+    p.add_argument("--port", type=int, default=0, help="port to serve on (0: any free port, printed)")
+    p.add_argument("--refresh", type=int, default=30, help="seconds between reloads of the served page")
     p = _sub(subs, "build", cmd_build, "Run the build-wit Prefect flow (no server needed) from a config file.")
     p.add_argument("--config", required=True, help="YAML/JSON build config (see configs/)")
     p.add_argument("--build-dir", help="override the config's build_dir")

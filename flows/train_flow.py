@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 import flows.stages as stages
 from flows.config import BuildConfig, build_config
 from pipeline.core.errors import WitError
+from pipeline.report import overlap_table
 
 ARTIFACT_PREFIX = "train-wit"
 
@@ -34,20 +35,6 @@ def _retry_killed_training(task: Any, task_run: Any, state: Any) -> bool:
 train_task = task(stages.train, name="train", retries=2, retry_delay_seconds=10,
                   retry_condition_fn=_retry_killed_training, cache_policy=NO_CACHE)
 overlap_task = task(stages.overlap, name="overlap", cache_policy=NO_CACHE)
-
-
-def overlap_table(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per eval set for the table artifact (accuracies in percent, rounded)."""
-    def pct(x: float | None) -> float | None:
-        return None if x is None else round(100 * x, 2)
-
-    return [{"eval_set": name, "n_all": r["n_all"], "n_overlap": r["n_overlap"],
-             "overlap_pct": None if r["overlap_pct"] is None else round(r["overlap_pct"], 2),
-             "acc_all": pct(r["acc_all"]), "acc_clean": pct(r["acc_clean"]), "acc_overlap": pct(r["acc_overlap"]),
-             "delta": pct(r["delta"]), "p_value": r["p_value"],
-             "ci_low": pct(r["ci_low"]), "ci_high": pct(r["ci_high"]),
-             "top5_all": pct((r.get("top5") or {}).get("acc_all"))}
-            for name, r in sorted(report.items())]
 
 
 def _train_lines(result: dict[str, Any] | None) -> list[str]:

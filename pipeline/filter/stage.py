@@ -116,8 +116,15 @@ def run_filter(input_dir: str | Path, out_dir: str | Path, cfg: FilterConfig = F
             store.record(parts[i].name, keys[i], stats)
     stats = store.total(p.name for p in parts)
     stats.extra.update(skipped_parts=len(parts) - len(todo), **index_stats)
+    stats.extra["thresholds"] = thresholds(cfg)  # the dashboard marks them on its histograms
     stats.write(out)
     return stats
+
+
+def thresholds(cfg: FilterConfig) -> dict[str, object]:
+    """The options the kept rows were judged by, as recorded in ``_stats.json`` (``extra.thresholds``)."""
+    return {"languages": list(cfg.languages), "min_lang_score": cfg.min_lang_score, "min_chars": cfg.min_chars,
+            "max_chars": cfg.max_chars, "min_words": cfg.min_words, "max_words": cfg.max_words}
 
 
 @contextlib.contextmanager

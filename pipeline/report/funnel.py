@@ -1,12 +1,11 @@
 """The build's funnel: every candidate accounted for, from the stages' own ``_stats.json`` files.
 
 ``build_report(build_dir)`` reads what each stage wrote (never logs), checks that the sums add up and
-returns the report; ``write_report`` stores it as ``reports/stats.json``, ``reports/stats.md`` and a
-static ``reports/dashboard.html``.
+returns the report (with each stage's ``_stats.json`` under ``stages``); ``write_stats`` stores it as
+``reports/stats.json`` and ``reports/stats.md``. The dashboard page is :mod:`pipeline.report.dashboard`.
 """
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 from typing import Any
@@ -92,11 +91,42 @@ def build_report(build_dir: str | Path) -> dict[str, Any]:
     overlap_path = build / "reports" / "overlap.json"
     return {
         "build_dir": str(build),
+        "stages": {name: stats.to_dict() for name in STAGE_DIRS if (stats := _stage(build, name)) is not None},
         "funnel": funnel,
         "checks": _checks(funnel),
         "overlap": read_json(overlap_path) if overlap_path.is_file() else None,
         "train": _train_results(build),
     }
+
+
+def overlap_table(overlap: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per eval set of ``reports/overlap.json`` (accuracies in percent, rounded): the Prefect table
+    artifacts and the dashboard's table."""
+    def pct(x: float | None) -> float | None:
+        return None if x is None else round(100 * x, 2)
+
+    return [{"eval_set": name, "n_all": r["n_all"], "n_overlap": r["n_overlap"],
+             "overlap_pct": None if r["overlap_pct"] is None else round(r["overlap_pct"], 2),
+             "acc_all": pct(r["acc_all"]), "acc_clean": pct(r["acc_clean"]), "acc_overlap": pct(r["acc_overlap"]),
+             "delta": pct(r["delta"]), "p_value": r["p_value"],
+             "ci_low": pct(r["ci_low"]), "ci_high": pct(r["ci_high"]),
+             "top5_all": pct((r.get("top5") or {}).get("acc_all"))}
+            for name, r in sorted(overlap.items())]
+
+
+def funnel_table(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The funnel as table rows (stage, what, rows): counts and each stage's drops by reason."""
+    f = report["funnel"]
+    rows = [{"stage": "crawl", "what": "candidates", "rows": f["candidates"]}]
+    for stage, total, drops in (("filter", "kept", "rejected"), ("balance", "balanced", "unbalanced"),
+                                ("download", "downloaded", "failed")):
+        rows += [{"stage": stage, "what": f"dropped: {k}", "rows": v} for k, v in f[drops].items()]
+        if f[total] is not None:
+            rows.append({"stage": stage, "what": total, "rows": f[total]})
+    rows += [{"stage": "download", "what": f"eval near-duplicates ({k})", "rows": v}
+             for k, v in f["eval_duplicates"].items()]
+    rows.append({"stage": "download", "what": "samples in shards", "rows": f["samples"]})
+    return rows
 
 
 def funnel_lines(report: dict[str, Any]) -> list[str]:
@@ -127,35 +157,10 @@ def overlap_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _dashboard_html(report: dict[str, Any]) -> str:
-    f = report["funnel"]
-    top = max([v for v in (f["candidates"], f["kept"], f["downloaded"]) if v] or [1])
-    bars = "".join(
-        f"<tr><td>{html.escape(name)}</td><td>{value}</td><td><div style='background:#4a7;height:14px;"
-        f"width:{int(400 * (value or 0) / top)}px'></div></td></tr>"
-        for name, value in (("candidates", f["candidates"]), ("kept", f["kept"]), ("balanced", f["balanced"]),
-                            ("downloaded", f["downloaded"]),
-                            ("samples in shards", f["samples"])))
-    reasons = "".join(f"<tr><td>{stage}</td><td>{html.escape(k)}</td><td>{v}</td></tr>"
-                      for stage, key in (("filter", "rejected"), ("balance", "unbalanced"), ("download", "failed"))
-                      for k, v in f[key].items())
-    checks = "".join(f"<li>{html.escape(k)}: {'ok' if v else 'MISMATCH'}</li>" for k, v in report["checks"].items())
-    overlap = "".join(f"<li>{html.escape(line)}</li>" for line in overlap_lines(report))
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>wit-builder: {html.escape(report['build_dir'])}"
-            f"</title></head><body style='font-family:sans-serif'><h1>Build {html.escape(report['build_dir'])}</h1>"
-            f"<h2>Funnel</h2><table>{bars}</table><h2>Drops by reason</h2><table><tr><th>stage</th><th>reason</th>"
-            f"<th>rows</th></tr>{reasons}</table><h2>Checks</h2><ul>{checks}</ul><h2>Overlap analysis</h2>"
-            f"<ul>{overlap}</ul></body></html>\n")
-
-
-def write_report(build_dir: str | Path) -> dict[str, Any]:
-    """Compute the report and write ``reports/stats.json``, ``stats.md`` and ``dashboard.html``."""
-    report = build_report(build_dir)
-    reports = Path(build_dir) / "reports"
+def write_stats(report: dict[str, Any]) -> None:
+    """Write ``reports/stats.json`` and ``reports/stats.md`` of ``report`` (from :func:`build_report`)."""
+    reports = Path(report["build_dir"]) / "reports"
     write_json(reports / "stats.json", report)
     md = ["# Build statistics", "", "```", *funnel_lines(report), "```", "", *overlap_lines(report), ""]
     with atomic_path(reports / "stats.md") as tmp:
         tmp.write_text("\n".join(md))
-    with atomic_path(reports / "dashboard.html") as tmp:
-        tmp.write_text(_dashboard_html(report))
-    return report
