@@ -192,20 +192,45 @@ def _bigram_candidate(a: str, b: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------- matching
 
+MATCHING_MODES = ("words", "metaclip")
+# MetaCLIP's ``spacing`` (metaclip/metaclip1/substr_matching.py): these get a space on both sides ...
+METACLIP_PUNCTS = (",", ".", ";", ":", "?", "!", "`")
+# ... and these become a space
+METACLIP_SPACED = ("\t", "\n", "\r")
+
+
+def spacing(text: str) -> str:
+    """MetaCLIP's ``spacing``: ``f" {text} "`` with ``, . ; : ? ! ` `` wrapped in spaces, tabs and newlines
+    replaced by spaces. An entry matches a caption when ``f" {entry} "`` is a substring of this."""
+    return _space_out(f" {text} ")
+
+
+def _space_out(text: str) -> str:
+    for punct in METACLIP_PUNCTS:
+        text = text.replace(punct, f" {punct} ")
+    for char in METACLIP_SPACED:
+        text = text.replace(char, " ")
+    return text
+
+
 class QueryMatcher:
     """Whole-word, case-insensitive matching of captions against every query (Aho-Corasick).
 
     ``match(caption)`` gives the sorted ids of the queries found in one caption; ``match_batch(captions)``
     does a whole batch in one automaton pass and returns CSR arrays ``(offsets, ids)``: caption ``i``
     matched ``ids[offsets[i]:offsets[i + 1]]``. Queries that normalise to nothing never match; queries
-    that normalise to the same words (``"C++"`` and ``"c"``) match together.
+    that normalise to the same words (``"C++"`` and ``"c"``) match together. Subclasses change how a
+    query becomes an automaton key and how captions are prepared (:class:`MetaclipMatcher`).
     """
+
+    mode = "words"
 
     def __init__(self, queries: Sequence[str]) -> None:
         self.queries = list(queries)
         self._automaton: Any = None
         self._key_offsets: np.ndarray | None = None
         self._key_ids: np.ndarray | None = None
+        self._sep_keys: list[tuple[str, int]] = []
 
     @classmethod
     def from_file(cls, path: str | Path) -> "QueryMatcher":
@@ -224,17 +249,38 @@ class QueryMatcher:
     def built(self) -> bool:
         return self._automaton is not None
 
+    def cache_tag(self, qhash: str) -> str:
+        """Names cached per-part match counts: the query list's hash (plus the mode when not ``words``)."""
+        return qhash if self.mode == "words" else f"{qhash}-{self.mode}"
+
+    # --------------------------------------------------------------------------- what subclasses change
+
+    def _keys(self) -> Iterable[tuple[int, str]]:
+        """``(query id, automaton key)`` of every query that can match."""
+        return ((qid, f" {key} ") for qid, key in enumerate(normalise_many(self.queries)) if key)
+
+    def _batch_text(self, texts: list[str]) -> tuple[str, list[int]]:
+        """The batch as one string, one ``SEP`` after each caption, and the rows to match one at a time."""
+        return _normalised_batch(texts), []
+
+    def _one_text(self, text: str) -> str:
+        """One caption prepared as in the batch string (for rows matched alone)."""
+        return f" {normalise(text)} "
+
+    # ------------------------------------------------------------------------------------------ shared
+
     def build(self) -> "QueryMatcher":
         """Build the automaton now (otherwise the first match does)."""
         import ahocorasick
 
         keys: dict[str, list[int]] = {}
-        for qid, key in enumerate(normalise_many(self.queries)):
-            if key:
-                keys.setdefault(key, []).append(qid)
+        for qid, key in self._keys():
+            keys.setdefault(key, []).append(qid)
+        self._sep_keys = [(key, qid) for key, qids in keys.items() if SEP in key for qid in qids]
+        keys = {key: qids for key, qids in keys.items() if SEP not in key}  # could span two captions
         automaton = ahocorasick.Automaton(ahocorasick.STORE_INTS)
         for index, key in enumerate(keys):
-            automaton.add_word(f" {key} ", index)
+            automaton.add_word(key, index)
         automaton.make_automaton()
         lengths = np.fromiter((len(v) for v in keys.values()), dtype=np.int64, count=len(keys))
         self._key_offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -244,7 +290,7 @@ class QueryMatcher:
         return self
 
     def match(self, caption: str | None) -> list[int]:
-        """Sorted ids of the queries occurring in ``caption`` as whole words."""
+        """Sorted ids of the queries occurring in ``caption``."""
         return self.match_batch([caption])[1].tolist()
 
     def match_many(self, captions: Sequence[str | None]) -> list[list[int]]:
@@ -253,29 +299,52 @@ class QueryMatcher:
         return [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
 
     def match_arrow(self, captions: pa.Array | pa.ChunkedArray | Sequence[str | None]) -> pa.ListArray:
-        """Matched ids of each caption as an arrow ``list<int32>`` array (nulls match nothing)."""
+        """Matched ids of each caption as an arrow ``list<int32>`` array."""
         if isinstance(captions, (pa.Array, pa.ChunkedArray)):
             captions = captions.to_pylist()
         offsets, ids = self.match_batch(captions)
         return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids, pa.int32()))
 
     def match_batch(self, captions: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
-        """CSR ``(offsets int64[n+1], ids int32)`` of the sorted, distinct query ids found in each caption."""
+        """CSR ``(offsets int64[n+1], ids int32)`` of the sorted, distinct query ids found in each caption
+        (``None`` is matched as ``""``)."""
         if not self.built:
             self.build()
-        n = len(captions)
-        text = _normalised_batch(captions)
-        found = self._automaton.iter(text) if len(self._automaton) else ()  # an empty one cannot iterate
-        hits = np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64)
-        ends, keys = hits[0::2], hits[1::2]
-        seps = np.flatnonzero(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32) == ord(SEP))
-        rows = np.searchsorted(seps, ends)
-        rows, ids = self._expand(rows, keys)
+        texts = ["" if c is None else c for c in captions]
+        if not texts:
+            return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32)
+        text, alone = self._batch_text(texts)
+        ends, keys = self._hits(text)
+        seps = np.flatnonzero(np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32) == ord(SEP))
+        rows, ids = self._expand(np.searchsorted(seps, ends), keys)
+        if alone:
+            rows, ids = self._rematch(rows, ids, texts, alone)
         pairs = np.sort((rows << 32) | ids)
         pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])] if pairs.size else pairs
         rows, ids = pairs >> 32, (pairs & 0xFFFFFFFF).astype(np.int32)
-        offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(texts)))]).astype(np.int64)
         return offsets, ids
+
+    def _hits(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """End positions and key indexes of every automaton key occurrence in ``text``."""
+        found = self._automaton.iter(text) if len(self._automaton) else ()  # an empty one cannot iterate
+        hits = np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64)
+        return hits[0::2], hits[1::2]
+
+    def _rematch(self, rows: np.ndarray, ids: np.ndarray, texts: list[str],
+                 alone: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Replace the batch hits of the ``alone`` rows (captions holding ``SEP``) by a match of each alone."""
+        keep = ~np.isin(rows, alone)
+        extra = [(row, qid) for row in alone for qid in self._match_alone(texts[row])]
+        extra_rows = np.array([r for r, _ in extra], dtype=np.int64)
+        extra_ids = np.array([q for _, q in extra], dtype=np.int64)
+        return np.concatenate([rows[keep], extra_rows]), np.concatenate([ids[keep], extra_ids])
+
+    def _match_alone(self, caption: str) -> list[int]:
+        text = self._one_text(caption)
+        _, keys = self._hits(text)
+        _, ids = self._expand(np.zeros(len(keys), dtype=np.int64), keys)
+        return ids.tolist() + [qid for key, qid in self._sep_keys if key in text]
 
     def _expand(self, rows: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Map matched automaton keys to query ids (a key shared by several queries yields each)."""
@@ -287,6 +356,39 @@ class QueryMatcher:
         first = np.cumsum(lengths) - lengths
         index = np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()))
         return np.repeat(rows, lengths), self._key_ids[index].astype(np.int64)
+
+
+class MetaclipMatcher(QueryMatcher):
+    """MetaCLIP's substring matching, exactly: entry ``e`` matches a caption when ``f" {e} "`` occurs in
+    :func:`spacing` of it (case-sensitive; entries are not spaced out, so ``"U.S."`` never matches).
+
+    Same automaton and interface as :class:`QueryMatcher`; the batch string is every caption's ``spacing``
+    followed by ``SEP``, which no key holds, so no key spans two captions. Entries holding ``SEP`` (none in
+    practice) are checked with ``in`` against the captions that hold it, which are matched one at a time.
+    """
+
+    mode = "metaclip"
+
+    def _keys(self) -> Iterable[tuple[int, str]]:
+        return ((qid, f" {entry} ") for qid, entry in enumerate(self.queries))
+
+    def _batch_text(self, texts: list[str]) -> tuple[str, list[int]]:
+        joined = " " + f" {SEP} ".join(texts) + f" {SEP}"  # caption i is f" {texts[i]} " before SEP i
+        alone: list[int] = []
+        if joined.count(SEP) != len(texts):
+            alone = [i for i, t in enumerate(texts) if SEP in t]
+            joined = " " + f" {SEP} ".join("" if SEP in t else t for t in texts) + f" {SEP}"
+        return _space_out(joined), alone
+
+    def _one_text(self, text: str) -> str:
+        return spacing(text)
+
+
+def make_matcher(queries: Sequence[str], matching: str = "words") -> QueryMatcher:
+    """The matcher of a ``matching`` mode: ``words`` (:class:`QueryMatcher`) or ``metaclip``."""
+    if matching not in MATCHING_MODES:
+        raise WitError(f"matching: {matching!r} is not one of {', '.join(MATCHING_MODES)}")
+    return MetaclipMatcher(queries) if matching == "metaclip" else QueryMatcher(queries)
 
 
 def _normalised_batch(captions: Sequence[str | None]) -> str:
