@@ -6,9 +6,12 @@ adjective-noun pair the caption generator uses, so bigrams do match). Captions a
 templates ("Photo of a red car on the beach") and Zipf-distributed word runs over wordfreq's top 50,000
 words, with capitals, punctuation and numbers, 3 to 25 words long (mean about 10, like LAION alt-text).
 
-Reported: automaton build time, captions/s of ``QueryMatcher.match_batch`` at the stage's batch size
-(65,536) and at 1,024, of single-caption ``match``, matches per caption, the whole balance stage's
-rows/s (both passes, parquet in and out), RSS before/after the build and peak, and the machine.
+Reported for both matching modes (``words``: ``QueryMatcher``; ``metaclip``: ``MetaclipMatcher``, MetaCLIP's
+exact substring rule): automaton build time, captions/s of ``match_batch`` at the stage's batch size
+(65,536) and at 1,024, of single-caption ``match``, matches per caption, the whole balance stage's rows/s
+(both passes, parquet in and out; words + rarest rule and metaclip + metaclip rule), RSS before/after the
+build and peak, and the machine. With the shared caption fixtures present, also how the two modes differ
+on real captions with the default built list (``match_agreement.py``).
 Runs pinned to one core; wall-clock rates (best and median of ``--repeat`` runs) and CPU-time rates, since
 on a shared machine wall-clock rates swing with the load of other processes. Writes ``benchmarks/results/match.json``.
 
@@ -39,8 +42,10 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.balance.stage import BalanceConfig, run_balance  # noqa: E402
 from pipeline.core.io import write_json  # noqa: E402
-from pipeline.balance.queries import QueryMatcher, save_queries, wordfreq_unigrams  # noqa: E402
+from pipeline.balance.queries import (MATCHING_MODES, QueryMatcher, make_matcher, save_queries,  # noqa: E402
+                                      wordfreq_unigrams)
 from benchinfo import machine_info  # noqa: E402
+from match_agreement import agreement  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "match.json"
 ADJECTIVES = ("red blue green black white old new small big beautiful modern vintage wooden happy young "
@@ -63,7 +68,7 @@ def peak_rss_mib() -> float:
 
 def machine() -> dict[str, Any]:
     """Platform, CPU model and cores of this machine."""
-    return machine_info(("pyahocorasick", "wordfreq", "numpy", "pyarrow"))
+    return machine_info(("pyahocorasick", "wordfreq", "wn", "numpy", "pyarrow"))
 
 
 def make_queries(n: int, rng: random.Random) -> list[str]:
@@ -135,19 +140,46 @@ def single_matches(matcher: QueryMatcher, captions: list[str]) -> int:
     return len(captions)
 
 
-def bench_stage(queries_path: Path, captions: list[str], tmp: Path) -> dict[str, Any]:
+def bench_stage(queries_path: Path, captions: list[str], tmp: Path, matching: str, rule: str) -> dict[str, Any]:
     """The whole balance stage (count pass, sample pass, parquet in and out) on ``captions``."""
     uids = [f"{i:032x}" for i in range(len(captions))]
-    (tmp / "in").mkdir()
+    (tmp / "in").mkdir(exist_ok=True)
     urls = [f"http://x.test/{i}.jpg" for i in range(len(captions))]
     pq.write_table(pa.table({"uid": uids, "url": urls, "caption": captions}), tmp / "in" / "part-000.parquet")
+    cfg = BalanceConfig(queries=str(queries_path), matching=matching, rule=rule, t=1000, progress=False)
     start, cpu = time.perf_counter(), time.process_time()
-    stats = run_balance(tmp / "in", tmp / "out", BalanceConfig(queries=str(queries_path), t=1000, progress=False))
+    stats = run_balance(tmp / "in", tmp / f"out-{matching}-{rule}", cfg)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
-    return {"rows": stats.inputs, "seconds": round(seconds, 2), "rows_per_s": round(stats.inputs / seconds),
-            "cpu_seconds": round(cpu_seconds, 2),
+    return {"matching": matching, "rule": rule, "rows": stats.inputs, "seconds": round(seconds, 2),
+            "rows_per_s": round(stats.inputs / seconds), "cpu_seconds": round(cpu_seconds, 2),
             "kept": stats.kept, "dropped": dict(stats.dropped), "t": 1000,
             "note": "includes loading the query list and building the automaton once"}
+
+
+def bench_mode(mode: str, queries: list[str], captions: list[str], repeat: int) -> dict[str, Any]:
+    """Build time, memory and captions/s of one matching mode."""
+    matcher = make_matcher(queries, mode)
+    rss_before = rss_mib()
+    start = time.perf_counter()
+    matcher.build()
+    build_s = time.perf_counter() - start
+    rss_after = rss_mib()
+    offsets, _ = matcher.match_batch(captions)
+    result: dict[str, Any] = {
+        "matcher": type(matcher).__name__,
+        "mean_matches_per_caption": round(int(offsets[-1]) / len(captions), 2),
+        "captions_without_match": int(sum(a == b for a, b in zip(offsets[:-1], offsets[1:]))),
+        "automaton_build_s": round(build_s, 2), "automaton_stats": matcher._automaton.get_stats(),
+        "rss_mib_before_build": round(rss_before), "rss_mib_after_build": round(rss_after),
+        "matching": [bench_matching(matcher, captions, b, repeat) for b in (65_536, 1_024)],
+        "single_caption_match_per_s": round(best_rate(lambda: single_matches(matcher, captions[:20_000]), 1)[0]),
+    }
+    result["meets_target"] = result["matching"][0]["median_captions_per_cpu_s"] >= TARGET
+    return result
+
+
+TARGET = 50_000
+STAGE_RUNS = (("words", "rarest"), ("metaclip", "metaclip"))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -161,37 +193,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rng = random.Random(0)
     queries = make_queries(args.queries, rng)
     captions = make_captions(args.captions, rng)
-    matcher = QueryMatcher(queries)
-    rss_before = rss_mib()
-    start = time.perf_counter()
-    matcher.build()
-    build_s = time.perf_counter() - start
-    rss_after = rss_mib()
-    offsets, _ = matcher.match_batch(captions)
     results: dict[str, Any] = {
-        "benchmark": "query matching (pipeline.balance.queries.QueryMatcher)", "machine": machine(), "one_core": True,
+        "benchmark": "query matching (pipeline.balance.queries: QueryMatcher = words, MetaclipMatcher = metaclip)",
+        "machine": machine(), "one_core": True,
         "queries": len(queries), "unigrams": sum(" " not in q for q in queries),
         "captions": len(captions), "mean_caption_chars": round(sum(map(len, captions)) / len(captions), 1),
-        "mean_matches_per_caption": round(int(offsets[-1]) / len(captions), 2),
-        "captions_without_match": int(sum(a == b for a, b in zip(offsets[:-1], offsets[1:]))),
-        "automaton_build_s": round(build_s, 2), "automaton_stats": matcher._automaton.get_stats(),
-        "rss_mib_before_build": round(rss_before), "rss_mib_after_build": round(rss_after),
-        "matching": [bench_matching(matcher, captions, b, args.repeat) for b in (65_536, 1_024)],
-        "single_caption_match_per_s": round(best_rate(lambda: single_matches(matcher, captions[:20_000]), 1)[0]),
-        "target_captions_per_s": 50_000, "example_captions": captions[:6],
+        "target_captions_per_s": TARGET, "example_captions": captions[:6],
+        "modes": {mode: bench_mode(mode, queries, captions, args.repeat) for mode in MATCHING_MODES},
     }
-    results["meets_target"] = results["matching"][0]["captions_per_s"] >= results["target_captions_per_s"]
-    del matcher
+    results["meets_target"] = all(m["meets_target"] for m in results["modes"].values())
     with tempfile.TemporaryDirectory() as tmp:
         save_queries(Path(tmp) / "metadata.json", queries)
-        results["balance_stage"] = bench_stage(Path(tmp) / "metadata.json", captions, Path(tmp))
+        results["balance_stage"] = [bench_stage(Path(tmp) / "metadata.json", captions, Path(tmp), *run)
+                                    for run in STAGE_RUNS]
     results["peak_rss_mib"] = round(peak_rss_mib())
+    results["real_captions"] = agreement(REPO)
     write_json(args.out, results)
-    print(f"{results['queries']} queries, build {results['automaton_build_s']} s, "
-          f"{results['matching'][0]['captions_per_s']} captions/s (batch 65536), "
-          f"{results['matching'][1]['captions_per_s']} (batch 1024), single {results['single_caption_match_per_s']}/s, "
-          f"stage {results['balance_stage']['rows_per_s']} rows/s, peak RSS {results['peak_rss_mib']} MiB")
+    print(summary(results))
     return results
+
+
+def summary(results: dict[str, Any]) -> str:
+    lines = [f"{results['queries']} queries, {results['captions']} generated captions, one core:"]
+    for mode, r in results["modes"].items():
+        batch, small = r["matching"]
+        lines.append(f"  {mode}: build {r['automaton_build_s']} s, {batch['captions_per_s']} captions/s best "
+                     f"({batch['median_captions_per_cpu_s']} per CPU-s, batch 65536), {small['captions_per_s']} "
+                     f"(batch 1024), single {r['single_caption_match_per_s']}/s")
+    for stage in results["balance_stage"]:
+        lines.append(f"  stage {stage['matching']}+{stage['rule']}: {stage['rows_per_s']} rows/s")
+    for name, r in (results["real_captions"] or {}).get("sources", {}).items():
+        lines.append(f"  {name}: matched words {r['matched_share']['words']:.1%} / "
+                     f"metaclip {r['matched_share']['metaclip']:.1%}, same entries {r['same_entries_share']:.1%}")
+    lines.append(f"  peak RSS {results['peak_rss_mib']} MiB")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from dedup.run import DedupConfig, run_dedup
 from flows.build_wit import build_wit
 from flows.config import build_config
 from flows.demo import run_demo
-from pipeline.balance.queries import build_queries, load_queries
+from pipeline.balance.queries import load_queries, query_sources, save_queries
 from pipeline.balance.stage import BalanceConfig, run_balance
 from pipeline.crawl.stage import CrawlConfig, run_crawl
 from pipeline.download.stage import DownloadConfig, run_download
@@ -71,8 +71,10 @@ def cmd_queries(args: argparse.Namespace) -> None:
         import pyarrow.dataset as ds
 
         corpus = (c for b in ds.dataset(args.corpus).to_batches(columns=["caption"]) for c in b.column(0).to_pylist() if c)
-    queries = build_queries(args.out, args.unigrams, args.bigrams, corpus=corpus)
-    print(f"{len(queries)} queries written to {args.out} ({len(load_queries(args.out))} read back)")
+    sources = query_sources(args.unigrams, args.bigrams, corpus=corpus, wordnet=not args.no_wordnet)
+    save_queries(args.out, [q for qs in sources.values() for q in qs])
+    counts = ", ".join(f"{len(qs)} {name}" for name, qs in sources.items())
+    print(f"{len(load_queries(args.out))} queries written to {args.out} ({counts})")
 
 
 def cmd_eval_index(args: argparse.Namespace) -> None:
@@ -188,11 +190,13 @@ def _stage_parsers(subs: Any) -> None:
              BalanceConfig)
     p.add_argument("input", nargs="+", help="kept pairs: folder(s), parquet files or globs (uid, caption)")
     p.add_argument("out", help="output folder of balanced parts (+ _queries/query_counts.parquet)")
-    p = _sub(subs, "queries", cmd_queries, "Build a query list offline from wordfreq (+ PMI bigrams of a corpus).")
+    p = _sub(subs, "queries", cmd_queries,
+             "Build a query list offline: wordfreq words (+ PMI bigrams of a corpus) + WordNet lemma names.")
     p.add_argument("out", help="query list to write: .json (MetaCLIP metadata.json style) or .txt")
     p.add_argument("--unigrams", type=int, default=200_000, help="most frequent English words to take")
     p.add_argument("--bigrams", type=int, default=100_000, help="highest-PMI bigrams to take from --corpus")
     p.add_argument("--corpus", help="parquet folder with a caption column to mine bigrams from")
+    p.add_argument("--no-wordnet", action="store_true", help="leave out the WordNet 3.0 lemma names")
     p = _sub(subs, "eval-index", cmd_eval_index,
              "Perceptually hash an evaluation set (ImageFolder, WebDataset shards or parquet with image bytes).",
              EvalIndexConfig)

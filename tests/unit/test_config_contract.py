@@ -198,7 +198,7 @@ def test_an_override_error_does_not_blame_the_file(tmp_path: Path) -> None:
     (lambda: CrawlConfig(batch_rows=0), "crawl.batch_rows"),
     (lambda: FilterConfig(min_lang_score=1.5), "filter.min_lang_score"),
     (lambda: BalanceConfig(t=0), "balance.t"),
-    (lambda: BalanceConfig(n_unigrams=0, n_bigrams=0), "balance.n_unigrams: with no query list"),
+    (lambda: BalanceConfig(n_unigrams=0, n_bigrams=0, wordnet=False), "balance.n_unigrams: with no query list"),
     (lambda: DownloadConfig(engine="curl"), "download.engine: expected one of wit, img2dataset"),
     (lambda: DownloadConfig(encode_format="png", encode_quality=50), "download.encode_quality: expected a png"),
     (lambda: DownloadConfig(keep_columns=("uid", "reason")), "download.keep_columns: reason is a column"),
