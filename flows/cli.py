@@ -35,8 +35,29 @@ from training.train import TrainConfig, latest_checkpoint, run_train
 
 
 
+_JSON = False  # set by --json: print the full result record as JSON instead of the short summary
+
+
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    """A command's result on stdout: the short human summary, or the whole record as JSON with --json."""
+    if _JSON:
+        print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    else:
+        print("\n".join(summary_lines(obj)))
+
+
+def summary_lines(obj: Any) -> list[str]:
+    """A few lines a person reads: a stage's funnel and its main figures, or a result's scalar fields."""
+    if isinstance(obj, dict) and {"stage", "inputs", "kept", "dropped"} <= set(obj):
+        drops = ", ".join(f"{reason} {n}" for reason, n in sorted(obj["dropped"].items(), key=lambda kv: -kv[1]))
+        figures = [f"{k} {v}" for k, v in sorted(obj.get("extra", {}).items()) if isinstance(v, (int, float))
+                   and not isinstance(v, bool) and v]
+        lines = [f"{obj['stage']}: {obj['inputs']} in -> {obj['kept']} kept, {obj['inputs'] - obj['kept']} dropped"
+                 + (f" ({drops})" if drops else "")]
+        return lines + ([f"  {', '.join(figures)}"] if figures else []) + ["  (--json prints the whole record)"]
+    if isinstance(obj, dict):
+        return [f"{k}: {v}" for k, v in obj.items() if isinstance(v, (str, int, float)) and v not in ("", None)]
+    return [str(obj)]
 
 
 def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
@@ -173,6 +194,8 @@ def cmd_miniweb_serve(args: argparse.Namespace) -> None:
 def _sub(subs: Any, name: str, func: Callable, help: str, config: type | None = None) -> argparse.ArgumentParser:
     p = subs.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.set_defaults(func=func)
+    p.add_argument("--json", action="store_true", default=False,
+                   help="print the whole result record as JSON on stdout (for scripts) instead of a summary")
     if config is not None:
         add_config_args(p, config)
     return p
@@ -302,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    global _JSON
+    _JSON = bool(getattr(args, "json", False))
     try:
         args.func(args)
     except WitError as exc:

@@ -5,6 +5,7 @@ job, see :mod:`training.launch`), judges success by the final checkpoint and res
 unset options come from the ``cpu`` or ``clip`` preset. Details: docs/training.md ("The train stage")."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -25,6 +26,7 @@ from pipeline.core.io import atomic_path
 from training import launch as L
 from training.config import (EXPERIMENT, PRESET_FIELDS, PRESETS, REPO_ROOT, RESULTS_FILE, TrainConfig, TrainResult,  # noqa: F401
                              TrainRunFailed, echo_line)
+from training.progress import TrainProgress
 from training.open_clip_main import (MODEL_CONFIG_DIRS_ENV, MODEL_CONFIGS, OFFLINE_ENV, is_config_file, model_config_name,
                                      model_name_from_run)
 from training.shards import SIZES_FILE, ShardSet, is_url, read_shards, resolve_shards, shard_pattern  # noqa: F401
@@ -338,12 +340,12 @@ def _judge(result: TrainResult, log: RunLog, launch: Any) -> TrainResult:
 
 
 def run_train(shards_dir: str | Path | None, out_dir: str | Path, cfg: TrainConfig | None = None,
-              echo: Callable[[str], None] = echo_line) -> TrainResult:
+              echo: Callable[[str], None] | None = None) -> TrainResult:
     """Train on ``shards_dir`` (or ``cfg.shard_urls``) with open_clip into ``out_dir``; resume or skip a previous
     run there. With ``cfg.ray_address`` the same runs as a Ray job on the cluster (see training.launch)."""
     cfg = cfg or TrainConfig()  # checked when built (TrainConfig.__post_init__)
     if cfg.ray_address:
-        return L.run_train_on_ray(shards_dir, out_dir, cfg, echo)
+        return L.run_train_on_ray(shards_dir, out_dir, cfg, echo or echo_line)
     shards = resolve_shards(shards_dir, cfg)
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -356,7 +358,8 @@ def run_train(shards_dir: str | Path | None, out_dir: str | Path, cfg: TrainConf
     env.update(cpu_threads_env(plan.device, launch.nproc_per_node, plan.workers))
     start_epoch, t0 = _latest_epoch(out_dir), time.monotonic()
     args = open_clip_args(shards.train_data, shards.n_samples, out_dir, cfg, plan)
-    log = stream_command(L.launch_command(launch, args, cfg), out_dir, echo, env)
+    with TrainProgress(out_dir, plan.epochs) if echo is None else contextlib.nullcontext(echo) as show:
+        log = stream_command(L.launch_command(launch, args, cfg), out_dir, show, env)
     result = _judge(TrainResult(
         str(checkpoint_dir(out_dir) / f"epoch_{plan.epochs}.pt"), plan.model, plan.epochs,
         plan.steps_per_epoch * plan.epochs, plan.samples_per_epoch * plan.epochs, log.last_loss,

@@ -159,7 +159,7 @@ def test_cli_stdout_holds_only_the_result_json(tmp_path: Path) -> None:
     (tmp_path / "kept").mkdir()
     urls = ["http://127.0.0.1:9/a.jpg", "http://127.0.0.1:9/b.jpg"]  # refused by the address guard: no network
     pq.write_table(pa.table({"url": urls, "caption": ["a cat", "a dog"]}), tmp_path / "kept" / "part-00000.parquet")
-    run = subprocess.run([sys.executable, "-m", "flows.cli", "download", str(tmp_path / "kept"),
+    run = subprocess.run([sys.executable, "-m", "flows.cli", "download", "--json", str(tmp_path / "kept"),
                           str(tmp_path / "shards"), "--overlap-dir", str(tmp_path / "overlap"),
                           "--processes-count", "1"], cwd=REPO, env=_env(hook), capture_output=True, text=True,
                          timeout=240)

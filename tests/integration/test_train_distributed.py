@@ -40,7 +40,7 @@ def free_port() -> int:
 
 def wit_train(shards: Path, out: Path, *options: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """``wit train SHARDS OUT --json ...`` as a user (or srun) starts it."""
-    cmd = [str(Path(sys.executable).parent / "wit"), "train", str(shards), str(out), *TINY, *options]
+    cmd = [str(Path(sys.executable).parent / "wit"), "train", "--json", str(shards), str(out), *TINY, *options]
     return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 

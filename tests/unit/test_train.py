@@ -84,7 +84,7 @@ def test_train_killed_mid_epoch_resumes_then_skips(shards: Path, tmp_path: Path)
     out = tmp_path / "train"
     # Killed (SIGKILL to the whole process group) after the first step of epoch 3 of 3 (16 steps an epoch).
     proc = start_training(shards, out, T.TrainConfig(epochs=3, **FAST))
-    lines = kill_when(proc, "Train Epoch: 2 [")
+    lines = kill_when(proc, "train: epoch 2/3 done")  # printed as the first step of epoch 3 is logged
     assert proc.returncode == -signal.SIGKILL, "".join(lines[-5:])
     assert not (out / "wit" / "checkpoints" / "epoch_3.pt").exists()
     assert T._latest_epoch(out) == 2 and T.read_results(out) == []

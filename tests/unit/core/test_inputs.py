@@ -38,7 +38,7 @@ def test_folder_file_glob_and_list(tmp_path: Path) -> None:
 
 def test_filter_cli_takes_a_single_file(tmp_path: Path) -> None:
     one = _part(tmp_path / "one.parquet", 4)
-    out = subprocess.run([sys.executable, "-m", "flows.cli", "filter", str(one), str(tmp_path / "out"),
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "filter", "--json", str(one), str(tmp_path / "out"),
                           "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["inputs"] == 4
