@@ -284,17 +284,24 @@ def _header_end(head: bytes) -> tuple[int, int]:
 def _warcio_records(source: str, cfg: CrawlConfig) -> Iterator[Record]:
     """Records of an archive warcio reads (ARC files); CorruptArchive when it is not an archive at all."""
     with open_source(source) as raw:
-        archive = ArchiveIterator(raw)
-        while True:
-            try:
-                record = next(archive)
-            except StopIteration:
-                return
-            except _PARSE_ERRORS as exc:
-                raise CorruptArchive(f"{source}: corrupt or truncated archive ({one_line(exc)})") from None
+        for record in guarded(iter(ArchiveIterator(raw)), source, _PARSE_ERRORS):
             if record.format == "arc" and not str(record.rec_headers.get_header("length") or "").isdigit():
                 raise CorruptArchive(f"{source}: not a WARC/WAT file")
             yield _from_warcio(record, cfg)
+
+
+def guarded(items: Iterator[Any], source: str, errors: tuple[type[BaseException], ...] = STREAM_ERRORS
+            ) -> Iterator[Any]:
+    """``items``, with errors of reading the archive (not of what the caller does with them) re-raised as
+    :class:`CorruptArchive`."""
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except errors as exc:
+            raise CorruptArchive(f"{source}: corrupt or truncated archive ({one_line(exc)})") from None
+        yield item
 
 
 def _from_warcio(record: ArcWarcRecord, cfg: CrawlConfig) -> Record:

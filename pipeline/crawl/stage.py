@@ -20,7 +20,7 @@ from pipeline.core.io import atomic_path, clean_tmp
 from pipeline.core.lock import locked
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
 from pipeline.core.stats import StageStats
-from pipeline.crawl.archive import STREAM_ERRORS, CorruptArchive, Record, record_kind, records
+from pipeline.crawl.archive import CorruptArchive, Record, guarded, record_kind, records
 from pipeline.crawl.body import http_body
 from pipeline.crawl.columns import ImageColumns, decode_wat, wat_columns
 from pipeline.crawl.config import CrawlConfig
@@ -120,7 +120,7 @@ def crawl_file(source: str | Path, part: Path, cfg: CrawlConfig = CrawlConfig())
     with atomic_path(part) as tmp:
         with PartWriter(tmp, cfg.batch_rows, source) as writer:
             wat = _WatRun()
-            for record in _guarded(records(source, cfg), source):
+            for record in guarded(records(source, cfg), source):
                 stats.extra["records"] += 1
                 if record_kind(record) == "wat" and record.complete:
                     if wat.add(record):
@@ -208,18 +208,6 @@ def _emit(writer: PartWriter, page_url: str, refs: list[ImageRef], cfg: CrawlCon
     if keep:
         stats.kept += len(keep)
         writer.add(keep, page_url)
-
-
-def _guarded(items: Iterator[Any], source: str) -> Iterator[Any]:
-    """Re-raise errors of reading the archive (not of writing the part) as :class:`CorruptArchive`."""
-    while True:
-        try:
-            item = next(items)
-        except StopIteration:
-            return
-        except STREAM_ERRORS as exc:
-            raise CorruptArchive(f"{source}: corrupt or truncated archive ({one_line(exc)})") from None
-        yield item
 
 
 def _record_refs(record: Record, cfg: CrawlConfig, stats: StageStats) -> tuple[str, list[ImageRef]]:
