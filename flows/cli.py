@@ -165,7 +165,9 @@ def cmd_build(args: argparse.Namespace) -> None:
 def _print_summary(build_dir: str) -> None:
     report = build_report(build_dir)
     print("\n".join(["", "Funnel:", *funnel_lines(report), "", *overlap_lines(report), "",
-                     f"Reports: {Path(build_dir) / 'reports'} (stats.json, stats.md, dashboard.html, overlap.json)"]))
+                     f"Reports: {Path(build_dir) / 'reports'} (stats.json, stats.md, overlap.json)",
+                     f"Dashboard: {(Path(build_dir) / 'reports' / PAGE).resolve()} "
+                     f"(open it in a browser, or: wit dashboard {build_dir} --serve)"]))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
