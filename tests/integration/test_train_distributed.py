@@ -53,7 +53,7 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
 
 def printed_result(output: str) -> dict:
     """The TrainResult JSON that ``wit train`` prints last (indented, after open_clip's log)."""
-    return json.loads(output[output.rindex("\n{") + 1:])
+    return json.loads(output[output.rfind("\n{") + 1:])  # the JSON alone, or after log lines
 
 
 def assert_trained(out: Path, world_size: int) -> dict:
