@@ -227,6 +227,11 @@ def open_parquet(part: Part) -> Iterator[pq.ParquetFile]:
 def _parquet_file(part: Part, stack: contextlib.ExitStack) -> pq.ParquetFile:
     try:
         source = stack.enter_context(part.fs.open(part.path, "rb")) if isinstance(part, RemotePart) else part
+    except FileNotFoundError:
+        raise WitError(f"{part}: not found ({_HINT})") from None
+    except remote_errors() as exc:  # credentials, endpoint, permissions
+        raise WitError(f"{part}: cannot read ({one_line(exc)})") from None
+    try:
         reader = pq.ParquetFile(source)
     except FileNotFoundError:
         raise WitError(f"{part}: not found ({_HINT})") from None

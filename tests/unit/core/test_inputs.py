@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.core.errors import WitError
 from pipeline.balance.stage import BalanceConfig, run_balance
-from pipeline.core.io import checked_parts, parquet_inputs
+from pipeline.core.io import checked_parts, open_parquet, parquet_inputs, part_name, read_schema
 from pipeline.download.plan import input_files
 from pipeline.filter.stage import run_filter
 
@@ -89,3 +89,30 @@ def _queries(tmp_path: Path) -> Path:
     path = tmp_path / "queries.json"
     path.write_text(json.dumps(["bicycle"]))
     return path
+
+
+def test_fsspec_urls_without_a_server(tmp_path: Path) -> None:
+    """Any fsspec protocol works like a local folder (here the in-memory one; S3: tests/integration)."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    a, b = _part(tmp_path / "in" / "a.parquet", 2), _part(tmp_path / "in" / "b.parquet", 3)
+    for p in (a, b):
+        fs.pipe(f"/wit-test/cand/{p.name}", p.read_bytes())
+    fs.pipe("/wit-test/cand/_meta.parquet", b"not parquet")
+    try:
+        parts = parquet_inputs("memory://wit-test/cand")
+        assert [str(p) for p in parts] == ["memory:///wit-test/cand/a.parquet", "memory:///wit-test/cand/b.parquet"]
+        assert [part_name(p) for p in parts] == ["a.parquet", "b.parquet"]
+        with open_parquet(parts[1]) as reader:
+            assert reader.metadata.num_rows == 3
+        local, remote = run_filter(tmp_path / "in", tmp_path / "local"), run_filter(parts, tmp_path / "remote")
+        assert (remote.inputs, remote.kept) == (local.inputs, local.kept) == (5, 5)
+        assert pq.read_table(tmp_path / "remote" / "kept").equals(pq.read_table(tmp_path / "local" / "kept"))
+        with pytest.raises(WitError, match="^memory://wit-test/nothing.parquet: not found"):
+            parquet_inputs(["memory://wit-test/nothing.parquet"])
+        fs.rm("/wit-test/cand/b.parquet")
+        with pytest.raises(WitError, match="^memory:///wit-test/cand/b.parquet: not found"):
+            read_schema(parts[1])
+    finally:
+        fs.rm("/wit-test", recursive=True)
