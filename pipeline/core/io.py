@@ -128,6 +128,9 @@ class RemotePart:
 Part = Union[Path, RemotePart]
 InputSpec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 _HINT = "give a folder of parquet parts, a parquet file, a glob or a list"
+#: Bytes a remote part's reader fetches ahead of a read (s3fs would take 50 MiB): pyarrow reads whole column
+#: chunks, so more read-ahead only holds more of the object in memory.
+REMOTE_BLOCK = 8 << 20
 
 
 def parquet_inputs(spec: InputSpec) -> list[Part]:
@@ -226,7 +229,8 @@ def open_parquet(part: Part) -> Iterator[pq.ParquetFile]:
 
 def _parquet_file(part: Part, stack: contextlib.ExitStack) -> pq.ParquetFile:
     try:
-        source = stack.enter_context(part.fs.open(part.path, "rb")) if isinstance(part, RemotePart) else part
+        source = stack.enter_context(part.fs.open(part.path, "rb", block_size=REMOTE_BLOCK)) \
+            if isinstance(part, RemotePart) else part
     except FileNotFoundError:
         raise WitError(f"{part}: not found ({_HINT})") from None
     except remote_errors() as exc:  # credentials, endpoint, permissions
