@@ -209,11 +209,12 @@ def _stage_parsers(subs: Any) -> None:
     p.add_argument("--out", default="candidates", help="output folder of candidate parquet parts")
     p = _sub(subs, "filter", cmd_filter, "Drop file-name, non-English, too short/long and duplicate captions.",
              FilterConfig)
-    p.add_argument("input", nargs="+", help="candidates: folder(s) of parquet parts, parquet files or globs (url, caption)")
+    p.add_argument("input", nargs="+", help="candidates: folder(s) of parquet parts, parquet files or globs, "
+                   "local or URLs such as s3://bucket/candidates/ (url, caption)")
     p.add_argument("out", help="output folder: OUT/kept and OUT/rejected")
     p = _sub(subs, "balance", cmd_balance, "WIT balancing: keep pairs matching a query, at most ~t per query.",
              BalanceConfig)
-    p.add_argument("input", nargs="+", help="kept pairs: folder(s), parquet files or globs (uid, caption)")
+    p.add_argument("input", nargs="+", help="kept pairs: folder(s), parquet files or globs, local or URLs (uid, caption)")
     p.add_argument("out", help="output folder of balanced parts (+ _queries/query_counts.parquet)")
     p = _sub(subs, "queries", cmd_queries,
              "Build a query list offline: wordfreq words (+ PMI bigrams of a corpus) + WordNet lemma names.")
@@ -235,7 +236,7 @@ def _stage_parsers(subs: Any) -> None:
     p.add_argument("--out", required=True, help="writes OUT/overlap.parquet (and clean shards in drop mode)")
     p = _sub(subs, "download", cmd_download, "Download, resize and hash images on Ray into WebDataset shards.",
              DownloadConfig)
-    p.add_argument("input", nargs="+", help="pairs to download: folder(s), parquet files or globs (url, caption)")
+    p.add_argument("input", nargs="+", help="pairs to download: folder(s), parquet files or globs, local or URLs (url, caption)")
     p.add_argument("shards", help="output shards folder")
     p.add_argument("--eval-index", nargs="*", metavar="NAME=DIR", help="eval indexes to dedup against")
     p.add_argument("--overlap-dir", default="overlap", help="where overlap.parquet is written")

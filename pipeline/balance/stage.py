@@ -6,9 +6,9 @@ two streaming passes over their parquet parts:
 1. **count**: match every caption against the query list (``cfg.matching``: ``words`` =
    :class:`pipeline.balance.queries.QueryMatcher`, whole-word and case-insensitive; ``metaclip`` =
    :class:`~pipeline.balance.queries.MetaclipMatcher`, MetaCLIP's exact substring rule) and count matched
-   pairs per query (per part in ``_parts/<part>.counts-<list hash>[-metaclip]-<part size and mtime>.parquet``,
-   reused on re-runs); the totals go to
-   ``_queries/query_counts.parquet`` (``query_id``, ``query``, ``count``; after pass 2 also ``kept``).
+   pairs per query (per part in ``_parts/<part>.counts-<list hash>[-metaclip]-<hash of the part's size and mtime
+   or ETag>.parquet``, reused on re-runs); the totals go to ``_queries/query_counts.parquet`` (``query_id``,
+   ``query``, ``count``; after pass 2 also ``kept``).
 2. **sample**: a pair matching no query is dropped (``no_query``); otherwise it is kept or dropped
    (``over_balanced``) by ``cfg.rule`` (below). Every draw is a hash, of ``(seed, uid)`` or of
    ``(seed, uid, entry)``, so a pair's fate depends on neither row order nor partitioning.
@@ -42,6 +42,7 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
+import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -52,7 +53,8 @@ import pyarrow.parquet as pq
 from pipeline.core.config import Config, field
 from pipeline.core.errors import WitError
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
-from pipeline.core.io import atomic_path, checked_parts, clean_tmp, write_parquet
+from pipeline.core.io import (InputSpec, Part, RemotePart, atomic_path, checked_parts, clean_tmp, open_parquet,
+                              part_name, write_parquet)
 from pipeline.balance.queries import (MATCHING_MODES, QueryMatcher, load_queries, make_matcher, query_hash,
                                       query_sources, save_queries)
 from pipeline.core.stats import StageStats
@@ -106,11 +108,11 @@ class BalanceConfig(Config, section="balance"):
 
 
 @locked('balance', 'out_dir')
-def run_balance(input_dir: str | Path, out_dir: str | Path, cfg: BalanceConfig = BalanceConfig()) -> StageStats:
+def run_balance(input_dir: InputSpec, out_dir: str | Path, cfg: BalanceConfig = BalanceConfig()) -> StageStats:
     """Balance the pairs of ``input_dir`` into ``out_dir`` (see the module doc)."""
     parts = input_parts(input_dir)
     out = Path(out_dir)
-    if out.resolve() in {part.parent.resolve() for part in parts}:
+    if out.resolve() in {part.parent.resolve() for part in parts if not isinstance(part, RemotePart)}:
         raise WitError(f"{out}: the balance output folder must differ from its input folder")
     for sub in ("", REJECTED_DIR, PARTS_DIR, QUERIES_DIR):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -121,12 +123,12 @@ def run_balance(input_dir: str | Path, out_dir: str | Path, cfg: BalanceConfig =
     counts = count_matches(parts, out, matcher, matcher.cache_tag(qhash), cfg)
     write_query_counts(out, queries, counts)
     store, counts_key = PartStore(out, STAGE), counts_digest(qhash, counts)
-    keys = {p.name: part_key(p, counts_key, cfg) for p in parts}
+    keys = {part_name(p): part_key(p, counts_key, cfg) for p in parts}
     sampler = Sampler.of(queries, counts, cfg)
-    done = [p for p in parts if is_done(store, p, keys[p.name], cfg)]
+    done = [p for p in parts if is_done(store, p, keys[part_name(p)], cfg)]
     for part in progress([p for p in parts if p not in done], STAGE, enabled=cfg.progress):
-        store.record(part.name, keys[part.name], balance_part(part, out, matcher, sampler, cfg))
-    stats = store.total(p.name for p in parts)
+        store.record(part_name(part), keys[part_name(part)], balance_part(part, out, matcher, sampler, cfg))
+    stats = store.total(part_name(p) for p in parts)
     kept = kept_counts(out, parts, len(queries))
     write_query_counts(out, queries, counts, kept)
     stats.extra.update(skipped_parts=len(done), queries_source=source, t=cfg.t, seed=cfg.seed,
@@ -138,12 +140,13 @@ def run_balance(input_dir: str | Path, out_dir: str | Path, cfg: BalanceConfig =
 
 # ------------------------------------------------------------------------------------------------ inputs
 
-def input_parts(input_dir: str | Path) -> list[Path]:
-    """The finished parquet parts of ``input_dir``, each checked for ``uid`` and ``caption``."""
+def input_parts(input_dir: InputSpec) -> list[Part]:
+    """The parquet parts of ``input_dir`` (local or fsspec, see :func:`pipeline.core.io.parquet_inputs`), each
+    checked for ``uid`` and ``caption``."""
     return checked_parts(input_dir, REQUIRED_COLUMNS, "balance (has the filter stage run?)")
 
 
-def resolve_queries(parts: list[Path], out: Path, cfg: BalanceConfig) -> tuple[list[str], str]:
+def resolve_queries(parts: list[Part], out: Path, cfg: BalanceConfig) -> tuple[list[str], str]:
     """The query list and where it came from; a copy is kept in ``_queries/queries.json`` (ids = positions)."""
     saved = out / QUERIES_DIR / QUERIES_FILE
     if cfg.queries:
@@ -162,26 +165,28 @@ def resolve_queries(parts: list[Path], out: Path, cfg: BalanceConfig) -> tuple[l
     return queries, "built: " + " + ".join(f"{len(v)} {BUILT_SOURCES[k]}" for k, v in sources.items())
 
 
-def _captions(parts: list[Path], batch_rows: int) -> Iterator[str]:
+def _captions(parts: list[Part], batch_rows: int) -> Iterator[str]:
     for part in parts:
-        for batch in pq.ParquetFile(part).iter_batches(batch_size=batch_rows, columns=["caption"]):
-            yield from (c for c in batch.column(0).to_pylist() if c)
+        with open_parquet(part) as reader:
+            for batch in reader.iter_batches(batch_size=batch_rows, columns=["caption"]):
+                yield from (c for c in batch.column(0).to_pylist() if c)
 
 
 # -------------------------------------------------------------------------------------- pass 1: counting
 
-def part_fingerprint(part: Path) -> str:
-    """Size and modification time of an input part: cached results of a rewritten part are not reused."""
-    st = part.stat()
-    return f"{st.st_size}-{st.st_mtime_ns}"
+def part_fingerprint(part: Part) -> str:
+    """A hash of an input part's identity but its place (size and modification time, or ETag): cached results
+    of a rewritten part are not reused, those of a moved one are."""
+    identity = {k: v for k, v in file_identity(part).items() if k != "path"}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def counts_path(out: Path, part: Path, tag: str) -> Path:
+def counts_path(out: Path, part: Part, tag: str) -> Path:
     """Cached match counts of one input part under one query list and matching mode (``tag``)."""
-    return out / PARTS_DIR / f"{part.stem}.counts-{tag}-{part_fingerprint(part)}.parquet"
+    return out / PARTS_DIR / f"{Path(part_name(part)).stem}.counts-{tag}-{part_fingerprint(part)}.parquet"
 
 
-def count_matches(parts: list[Path], out: Path, matcher: QueryMatcher, tag: str, cfg: BalanceConfig) -> np.ndarray:
+def count_matches(parts: list[Part], out: Path, matcher: QueryMatcher, tag: str, cfg: BalanceConfig) -> np.ndarray:
     """Matched pairs per query over all parts (int64[len(queries)]); per-part sparse counts are cached
     under ``tag`` (:meth:`QueryMatcher.cache_tag`: the query list and the matching mode)."""
     total = np.zeros(len(matcher), dtype=np.int64)
@@ -194,11 +199,12 @@ def count_matches(parts: list[Path], out: Path, matcher: QueryMatcher, tag: str,
     return total
 
 
-def _count_part(part: Path, matcher: QueryMatcher, batch_rows: int) -> pa.Table:
+def _count_part(part: Part, matcher: QueryMatcher, batch_rows: int) -> pa.Table:
     counts = np.zeros(len(matcher), dtype=np.int64)
-    for batch in pq.ParquetFile(part).iter_batches(batch_size=batch_rows, columns=["caption"]):
-        _, ids = matcher.match_batch(batch.column(0).to_pylist())
-        counts += np.bincount(ids, minlength=len(matcher))
+    with open_parquet(part) as reader:
+        for batch in reader.iter_batches(batch_size=batch_rows, columns=["caption"]):
+            _, ids = matcher.match_batch(batch.column(0).to_pylist())
+            counts += np.bincount(ids, minlength=len(matcher))
     nz = np.flatnonzero(counts)
     return pa.table({"query_id": pa.array(nz.astype(np.int32)), "count": pa.array(counts[nz])})
 
@@ -309,14 +315,14 @@ def output_schemas(schema: pa.Schema) -> tuple[pa.Schema, pa.Schema]:
     return kept, kept.append(pa.field("reason", pa.string()))
 
 
-def balance_part(part: Path, out: Path, matcher: QueryMatcher, sampler: Sampler, cfg: BalanceConfig) -> StageStats:
+def balance_part(part: Part, out: Path, matcher: QueryMatcher, sampler: Sampler, cfg: BalanceConfig) -> StageStats:
     """Sample one part into ``out/<part>`` and ``_rejected/<part>``; the caller records it as finished."""
     stats = StageStats(STAGE, extra={"parts": 1})
-    source = pq.ParquetFile(part)
-    kept_schema, rej_schema = output_schemas(source.schema_arrow)
-    rej_target = out / REJECTED_DIR / part.name
+    rej_target = out / REJECTED_DIR / part_name(part)
     with contextlib.ExitStack() as paths:
-        kept_tmp = paths.enter_context(atomic_path(out / part.name))
+        source = paths.enter_context(open_parquet(part))
+        kept_schema, rej_schema = output_schemas(source.schema_arrow)
+        kept_tmp = paths.enter_context(atomic_path(out / part_name(part)))
         rej_tmp = paths.enter_context(atomic_path(rej_target)) if cfg.write_rejected else None
         with contextlib.ExitStack() as writers:
             kept_w = writers.enter_context(pq.ParquetWriter(kept_tmp, kept_schema))
@@ -332,7 +338,7 @@ def balance_part(part: Path, out: Path, matcher: QueryMatcher, sampler: Sampler,
 
 
 def balance_batch(batch: pa.RecordBatch, matcher: QueryMatcher, sampler: Sampler,
-                  stats: StageStats, part: Path) -> tuple[pa.Table, pa.Table]:
+                  stats: StageStats, part: Part) -> tuple[pa.Table, pa.Table]:
     """Match and sample one record batch; return its kept rows and its rejected rows (with ``reason``)."""
     uids = batch.column(batch.schema.get_field_index("uid")).cast(pa.string()).to_pylist()
     if None in uids:
@@ -361,21 +367,22 @@ def counts_digest(qhash: str, counts: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def part_key(part: Path, counts_key: str, cfg: BalanceConfig) -> str:
+def part_key(part: Part, counts_key: str, cfg: BalanceConfig) -> str:
     return run_key(STAGE, cfg, [file_identity(part)], extra={"counts": counts_key})
 
 
-def is_done(store: PartStore, part: Path, key: str, cfg: BalanceConfig) -> bool:
+def is_done(store: PartStore, part: Part, key: str, cfg: BalanceConfig) -> bool:
     """Finished with this run key (options, query list, global counts, the input part's identity)."""
-    outputs = [store.out / part.name] + ([store.out / REJECTED_DIR / part.name] if cfg.write_rejected else [])
-    return store.finished(part.name, key, outputs)
+    name = part_name(part)
+    outputs = [store.out / name] + ([store.out / REJECTED_DIR / name] if cfg.write_rejected else [])
+    return store.finished(name, key, outputs)
 
 
-def kept_counts(out: Path, parts: list[Path], n_queries: int) -> np.ndarray:
+def kept_counts(out: Path, parts: list[Part], n_queries: int) -> np.ndarray:
     """Kept pairs per query, read back from the ``queries`` column of the outputs."""
     total = np.zeros(n_queries, dtype=np.int64)
     for part in parts:
-        column = pq.read_table(out / part.name, columns=["queries"]).column(0)
+        column = pq.read_table(out / part_name(part), columns=["queries"]).column(0)
         for chunk in column.chunks:
             total += np.bincount(chunk.flatten().to_numpy(zero_copy_only=False), minlength=n_queries)
     return total

@@ -18,27 +18,28 @@ from typing import Any, Iterable, Iterator, Mapping, TypeVar
 from tqdm import tqdm
 
 from pipeline.core.config import output_options
-from pipeline.core.io import read_json, write_json
+from pipeline.core.io import RemotePart, read_json, write_json
 from pipeline.core.stats import StageStats
 
 PARTS_DIR = "_parts"
 T = TypeVar("T")
 
 
-def file_identity(path: str | os.PathLike) -> dict[str, Any]:
+def file_identity(path: str | os.PathLike | RemotePart) -> dict[str, Any]:
     """What identifies an input file's content cheaply: its absolute path or URL, size and mtime (or ETag)."""
+    if isinstance(path, RemotePart):
+        return _remote_identity(path.url, path.fs, path.path)
     text = str(path)
     if "://" in text:
-        return _remote_identity(text)
+        import fsspec
+
+        return _remote_identity(text, *fsspec.core.url_to_fs(text))
     p = Path(text).resolve()
     st = p.stat()
     return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _remote_identity(url: str) -> dict[str, Any]:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url)
+def _remote_identity(url: str, fs: Any, path: str) -> dict[str, Any]:
     try:
         info = fs.info(path)
     except (OSError, ValueError):

@@ -40,7 +40,7 @@ from pipeline.download.plan import PLAN_DIR, URLS_FILE, open_plan, save_plan_rec
 from pipeline.download.shard import SHARD_DIGITS, done_shards, shard_name
 from pipeline.core.errors import WitError
 from pipeline.core.executor import QUIET_ENV, ray_session, set_quiet_env
-from pipeline.core.io import clean_tmp, write_json, write_parquet
+from pipeline.core.io import InputSpec, Part, clean_tmp, open_parquet, part_folder, write_json, write_parquet
 from pipeline.core.stats import StageStats
 
 log = logging.getLogger(__name__)
@@ -138,22 +138,23 @@ class Plan:
         return min(self.per_shard, self.allowed - shard_id * self.per_shard)
 
 
-def read_inputs(files: list[Path], keep_columns: tuple[str, ...]) -> pa.Table:
+def read_inputs(files: list[Part], keep_columns: tuple[str, ...]) -> pa.Table:
     """``url`` (+ ``caption`` and ``keep_columns`` where present) of all parts, in order."""
     tables = []
+    wanted = ["url", "caption", *keep_columns]
     for f in files:
-        names = pq.read_schema(f).names
-        if "url" not in names:
-            raise WitError(f"{f}: no 'url' column")
-        wanted = ["url", "caption", *keep_columns]
-        tables.append(pq.read_table(f, columns=[c for c in dict.fromkeys(wanted) if c in names]))
+        with open_parquet(f) as reader:
+            names = reader.schema_arrow.names
+            if "url" not in names:
+                raise WitError(f"{f}: no 'url' column")
+            tables.append(reader.read(columns=[c for c in dict.fromkeys(wanted) if c in names]))
     table = pa.concat_tables(tables, promote_options="default")
     if table.num_rows == 0:
-        raise WitError(f"{files[0].parent}: no rows to download")
+        raise WitError(f"{part_folder(files[0])}: no rows to download")
     return table
 
 
-def _stage(files: list[Path], shards_dir: Path, cfg: Img2datasetConfig) -> dict[str, Any]:
+def _stage(files: list[Part], shards_dir: Path, cfg: Img2datasetConfig) -> dict[str, Any]:
     """Screen the input URLs into ``urls.parquet`` (allowed) and ``_refused.parquet``; the plan record."""
     table = read_inputs(files, cfg.keep_columns)
     reasons = netguard.screen_urls(table["url"].to_pylist(), cfg.allow_private_networks)
@@ -170,7 +171,7 @@ def _stage(files: list[Path], shards_dir: Path, cfg: Img2datasetConfig) -> dict[
             "extra_columns": [c for c in table.column_names if c not in ("url", "caption")]}
 
 
-def make_plan(input_dir: Path, shards_dir: Path, cfg: Img2datasetConfig) -> Plan:
+def make_plan(input_dir: InputSpec, shards_dir: Path, cfg: Img2datasetConfig) -> Plan:
     """Screen and stage the input URLs (or reuse the plan of an earlier run on the same input)."""
     files, digest, record = open_plan(input_dir, shards_dir, cfg)
     if record is None:
@@ -424,7 +425,7 @@ def build_shards(plan: Plan, shards_dir: Path, cfg: Img2datasetConfig, indexes: 
         return process_shards(plan, shards_dir, done, indexes, cfg, use_ray), failed
 
 
-def _prepare(input_dir: Path, shards_dir: Path, overlap_dir: Path, cfg: Img2datasetConfig) -> Plan:
+def _prepare(input_dir: InputSpec, shards_dir: Path, overlap_dir: Path, cfg: Img2datasetConfig) -> Plan:
     """Folders made and rid of temporary leftovers, the plan made or reused, an earlier run's totals removed."""
     shards_dir.mkdir(parents=True, exist_ok=True)
     for folder in (shards_dir, shards_dir / PLAN_DIR, overlap_dir):

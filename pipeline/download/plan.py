@@ -22,7 +22,9 @@ import pyarrow.parquet as pq
 from pipeline.download.config import DownloadConfig, ShardShaping
 from pipeline.download.shard import done_shards
 from pipeline.core.errors import WitError
-from pipeline.core.io import InputSpec, atomic_path, parquet_inputs, read_json, write_json
+from pipeline.core.io import (InputSpec, Part, RemotePart, atomic_path, open_parquet, parquet_inputs, part_folder,
+                              part_name, read_json, read_schema, write_json)
+from pipeline.core.parts import file_identity
 
 log = logging.getLogger(__name__)
 
@@ -48,28 +50,41 @@ class Plan:
         return min(self.per_shard, self.inputs - shard_id * self.per_shard)
 
 
-def input_files(input_dir: InputSpec) -> list[Path]:
+def input_files(input_dir: InputSpec) -> list[Part]:
+    """The input parts (local or fsspec, see :func:`pipeline.core.io.parquet_inputs`). Two parts may share a
+    name here: the plan stages their rows into one file, no output is named after a part."""
     files = parquet_inputs(input_dir)
     if not files:
         raise WitError(f"{input_dir}: no parquet parts to download (has the filter stage run?)")
     return files
 
 
-def fingerprint(files: list[Path], cfg: ShardShaping) -> str:
+def fingerprint(files: list[Part], cfg: ShardShaping) -> str:
+    """A hash of the shard-shaping options and of each part's name and content (see :func:`_add_content`)."""
     digest = hashlib.sha256(json.dumps(cfg.shard_options(), sort_keys=True, default=str).encode())
     for f in files:
-        digest.update(f.name.encode())
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        digest.update(part_name(f).encode())
+        _add_content(digest, f)
     return digest.hexdigest()
 
 
-def staged_schema(files: list[Path], keep_columns: tuple[str, ...]) -> pa.Schema:
+def _add_content(digest: Any, part: Part) -> None:
+    """A local part's bytes; a remote part's identity but its place (size, ETag, modification time), so that
+    the plan does not fetch every object once more just to hash it."""
+    if isinstance(part, RemotePart):
+        identity = {k: v for k, v in file_identity(part).items() if k != "path"}
+        digest.update(json.dumps(identity, sort_keys=True).encode())
+        return
+    with part.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+
+
+def staged_schema(files: list[Part], keep_columns: tuple[str, ...]) -> pa.Schema:
     """``keep_columns`` present in any part (in that order), then ``caption`` if present, then ``url``."""
     fields: dict[str, pa.Field] = {}
     for f in files:
-        schema = pq.read_schema(f)
+        schema = read_schema(f)
         if "url" not in schema.names:
             raise WitError(f"{f}: no 'url' column")
         for name in schema.names:
@@ -78,7 +93,7 @@ def staged_schema(files: list[Path], keep_columns: tuple[str, ...]) -> pa.Schema
     return pa.schema([fields[n] for n in names])
 
 
-def _conform(batch: pa.RecordBatch, schema: pa.Schema, source: Path) -> pa.Table:
+def _conform(batch: pa.RecordBatch, schema: pa.Schema, source: Part) -> pa.Table:
     columns = [batch.column(n) if n in batch.schema.names else pa.nulls(batch.num_rows, schema.field(n).type)
                for n in schema.names]
     try:
@@ -87,15 +102,15 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema, source: Path) -> pa.Table
         raise WitError(f"{source}: columns do not match the other parts ({str(exc).splitlines()[0]})") from None
 
 
-def _batches(files: list[Path], schema: pa.Schema) -> Iterator[pa.Table]:
+def _batches(files: list[Part], schema: pa.Schema) -> Iterator[pa.Table]:
     for f in files:
-        part = pq.ParquetFile(f)
-        present = [n for n in schema.names if n in part.schema_arrow.names]
-        for batch in part.iter_batches(batch_size=BATCH_ROWS, columns=present):
-            yield _conform(batch, schema, f)
+        with open_parquet(f) as part:
+            present = [n for n in schema.names if n in part.schema_arrow.names]
+            for batch in part.iter_batches(batch_size=BATCH_ROWS, columns=present):
+                yield _conform(batch, schema, f)
 
 
-def stage_urls(files: list[Path], schema: pa.Schema, out: Path, per_shard: int) -> int:
+def stage_urls(files: list[Part], schema: pa.Schema, out: Path, per_shard: int) -> int:
     """Stream the parts into ``out`` with exactly ``per_shard`` rows per row group; return the row count."""
     total, buffered, pending = 0, 0, []
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
@@ -110,7 +125,7 @@ def stage_urls(files: list[Path], schema: pa.Schema, out: Path, per_shard: int) 
             writer.write_table(pa.concat_tables(pending), row_group_size=per_shard)
             total += buffered
         if total == 0:
-            raise WitError(f"{files[0].parent}: no rows to download")
+            raise WitError(f"{part_folder(files[0])}: no rows to download")
     return total
 
 
@@ -130,7 +145,8 @@ def _has_shards(shards_dir: Path) -> bool:
     return bool(done_shards(shards_dir)) or any(p.stem.isdigit() for p in shards_dir.glob("*.tar"))
 
 
-def open_plan(input_dir: Path, shards_dir: Path, cfg: ShardShaping) -> tuple[list[Path], str, dict[str, Any] | None]:
+def open_plan(input_dir: InputSpec, shards_dir: Path, cfg: ShardShaping
+              ) -> tuple[list[Part], str, dict[str, Any] | None]:
     """``(input parts, fingerprint, record of an earlier run's plan to reuse or None)`` (either engine).
 
     A folder that holds shards but no plan for this input and these options is refused."""
@@ -170,7 +186,7 @@ def save_plan_record(shards_dir: Path, digest: str, record: dict[str, Any]) -> N
     write_json(shards_dir / PLAN_DIR / PLAN_FILE, {"fingerprint": digest, **record})
 
 
-def make_plan(input_dir: Path, shards_dir: Path, cfg: DownloadConfig) -> Plan:
+def make_plan(input_dir: InputSpec, shards_dir: Path, cfg: DownloadConfig) -> Plan:
     """Stage the input URLs (or reuse the plan of an earlier run on the same input and options)."""
     files, digest, record = open_plan(input_dir, shards_dir, cfg)
     urls = shards_dir / PLAN_DIR / URLS_FILE

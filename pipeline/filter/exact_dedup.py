@@ -20,22 +20,27 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import pyarrow.parquet as pq
-
+from pipeline.core.io import Part, open_parquet
 from pipeline.filter.rules import caption_column, pair_keys, url_column
 
 RECORD = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("pos", "<u8")])
 
 
-def row_counts(files: list[Path]) -> list[int]:
+def row_counts(files: list[Part]) -> list[int]:
     """Rows of each parquet file, from its footer."""
-    return [pq.ParquetFile(f).metadata.num_rows for f in files]
+    return [_num_rows(f) for f in files]
 
 
-def file_keys(path: Path, batch_rows: int) -> Iterator[np.ndarray]:
+def _num_rows(part: Part) -> int:
+    with open_parquet(part) as reader:
+        return reader.metadata.num_rows
+
+
+def file_keys(path: Part, batch_rows: int) -> Iterator[np.ndarray]:
     """``(n, 2)`` uint64 pair keys of a parquet file's rows, one array per record batch."""
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["url", "caption"]):
-        yield pair_keys(url_column(batch.column("url")), caption_column(batch.column("caption")))
+    with open_parquet(path) as reader:
+        for batch in reader.iter_batches(batch_size=batch_rows, columns=["url", "caption"]):
+            yield pair_keys(url_column(batch.column("url")), caption_column(batch.column("caption")))
 
 
 class _BucketWriter:
@@ -138,7 +143,7 @@ def _groups(counts: list[int], group_rows: int) -> list[int]:
     return groups
 
 
-def build_repeat_index(seed: list[Path], parts: list[Path], work_dir: Path, bucket_rows: int = 2_000_000,
+def build_repeat_index(seed: list[Part], parts: list[Part], work_dir: Path, bucket_rows: int = 2_000_000,
                        batch_rows: int = 65_536) -> RepeatIndex:
     """Index the repeats of ``parts`` (in order, after every pair of ``seed``) in ``work_dir``."""
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from pipeline.core.config import Config, field
 from pipeline.filter.exact_dedup import build_repeat_index
 from pipeline.core.errors import WitError
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
-from pipeline.core.io import TMP_PREFIX, atomic_path, checked_parts, clean_tmp
+from pipeline.core.io import TMP_PREFIX, InputSpec, Part, atomic_path, checked_parts, clean_tmp, open_parquet, part_name
 from pipeline.core.stats import StageStats
 from pipeline.core.lock import locked
 
@@ -92,7 +92,7 @@ def build_rules(cfg: FilterConfig) -> list[Rule]:
 
 
 @locked('filter', 'out_dir')
-def run_filter(input_dir: str | Path, out_dir: str | Path, cfg: FilterConfig = FilterConfig()) -> StageStats:
+def run_filter(input_dir: InputSpec, out_dir: str | Path, cfg: FilterConfig = FilterConfig()) -> StageStats:
     """Filter every candidate part of ``input_dir`` into ``out_dir/kept`` and ``out_dir/rejected``."""
     parts = input_parts(input_dir)
     out = Path(out_dir)
@@ -103,7 +103,8 @@ def run_filter(input_dir: str | Path, out_dir: str | Path, cfg: FilterConfig = F
         clean_tmp(out / sub)
     rules = build_rules(cfg)
     store, keys = PartStore(out, STAGE), part_keys(parts, cfg)
-    todo = [i for i, p in enumerate(parts) if not is_done(store, p.name, keys[i])]
+    names = [part_name(p) for p in parts]
+    todo = [i for i, name in enumerate(names) if not is_done(store, name, keys[i])]
     index_stats: dict[str, int] = {}
     with _work_dir(out) as work:
         index = None
@@ -113,8 +114,8 @@ def run_filter(input_dir: str | Path, out_dir: str | Path, cfg: FilterConfig = F
             index_stats = {"dedup_rows": index.rows, "dedup_buckets": index.buckets, "dedup_repeats": index.repeat_rows}
         for i in progress(todo, STAGE, enabled=cfg.progress):
             stats = filter_part(parts[i], out, rules, cfg.batch_rows, index.repeats(i) if index is not None else None)
-            store.record(parts[i].name, keys[i], stats)
-    stats = store.total(p.name for p in parts)
+            store.record(names[i], keys[i], stats)
+    stats = store.total(names)
     stats.extra.update(skipped_parts=len(parts) - len(todo), **index_stats)
     stats.extra["thresholds"] = thresholds(cfg)  # the dashboard marks them on its histograms
     stats.write(out)
@@ -137,12 +138,13 @@ def _work_dir(out: Path) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def input_parts(input_dir: str | Path) -> list[Path]:
-    """The finished parquet parts of ``input_dir``, each checked for the required columns."""
+def input_parts(input_dir: InputSpec) -> list[Part]:
+    """The parquet parts of ``input_dir`` (local or fsspec, see :func:`pipeline.core.io.parquet_inputs`),
+    each checked for the required columns."""
     return checked_parts(input_dir, REQUIRED_COLUMNS, "filter")
 
 
-def part_keys(parts: list[Path], cfg: FilterConfig) -> list[str]:
+def part_keys(parts: list[Part], cfg: FilterConfig) -> list[str]:
     """Run key of each part: the options and the identity of the part and of every part before it (a row
     is a ``duplicate`` when an earlier row, in part order, has the same pair)."""
     ids = [file_identity(p) for p in parts]
@@ -161,7 +163,7 @@ def output_schemas(schema: pa.Schema) -> tuple[pa.Schema, pa.Schema]:
     return kept, kept.append(pa.field("reason", pa.string()))
 
 
-def filter_part(part: Path, out: Path, rules: list[Rule], batch_rows: int = 131_072,
+def filter_part(part: Part, out: Path, rules: list[Rule], batch_rows: int = 131_072,
                 repeats: np.ndarray | None = None) -> StageStats:
     """Filter one part into ``kept/`` and ``rejected/`` (atomically); the caller records it as finished.
 
@@ -169,9 +171,10 @@ def filter_part(part: Path, out: Path, rules: list[Rule], batch_rows: int = 131_
     it the ``duplicate`` rule falls back to its in-memory set.
     """
     stats = StageStats(STAGE, extra={"parts": 1})
-    source = pq.ParquetFile(part)
-    kept_schema, rejected_schema = output_schemas(source.schema_arrow)
-    with atomic_path(out / "kept" / part.name) as kept_tmp, atomic_path(out / "rejected" / part.name) as rej_tmp:
+    name = part_name(part)
+    with open_parquet(part) as source, atomic_path(out / "kept" / name) as kept_tmp, \
+            atomic_path(out / "rejected" / name) as rej_tmp:
+        kept_schema, rejected_schema = output_schemas(source.schema_arrow)
         with _writer(kept_tmp, kept_schema) as kept_w, _writer(rej_tmp, rejected_schema) as rej_w:
             offset = 0
             for batch in source.iter_batches(batch_size=batch_rows):
