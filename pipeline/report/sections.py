@@ -106,7 +106,7 @@ def captions(build: Path, report: dict[str, Any]) -> Section:
                           marks=_marks(th, "min_chars")), f"mean {fmt(c['chars']['kept'].mean, 1)} characters (kept)"),
         chart(charts.hist("cap-words", c["words"], "Caption length", "words (last bin: 40 and more)",
                           marks=_marks(th, "min_words")), f"mean {fmt(c['words']['kept'].mean, 1)} words (kept)"),
-        chart(charts.hist("cap-lang-score", c["scores"], "Language-ID score", "fastText probability of the language",
+        chart(charts.hist("cap-lang-score", c["scores"], "Language-ID score", "language score (allowed languages; see min_lang_score)",
                           marks=score_marks),
               "Kept rows score at least the threshold; rejected rows here are mostly other languages."
               if score_marks else "threshold not recorded by this filter run"),
