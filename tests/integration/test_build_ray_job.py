@@ -255,7 +255,8 @@ def test_build_driver_joins_cluster_by_ray_address(miniweb: Path, local_build: d
                                                    tmp_path: Path) -> None:
     """``wit build`` here with RAY_ADDRESS set: the stages' ray_address default. The driver needs
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 too (head.env has it): otherwise Ray rewrites 127.0.0.1:PORT to this
-    host's LAN address, where nothing of this cluster listens, and ray.init retries for ever."""
+    host's LAN address, where nothing of this cluster listens, and ray.init keeps retrying (still after 10
+    minutes when tried)."""
     build_dir = tmp_path / "build"
     config = write_config(miniweb, build_dir)
     tasks_before = task_ids(head)
