@@ -1,6 +1,6 @@
 """The page bytes of an HTTP response record, de-chunked and decoded as its headers say.
 
-gzip and deflate always, br and zstd with the optional ``brotli``/``zstandard`` packages; a body that does not
+gzip, deflate, br (``brotli``) and zstd (``zstandard``, both dependencies; looked up lazily); a body that does not
 decode is given as stored, as warcio does, with its counter (``encoding_mismatch``, ``encoding_unsupported``).
 """
 from __future__ import annotations
