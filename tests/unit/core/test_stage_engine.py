@@ -20,6 +20,9 @@ from pipeline.core.lock import output_lock
 from pipeline.core.parts import PartStore, run_key
 from pipeline.crawl.extract import make_uid
 from pipeline.crawl.stage import CrawlConfig, run_crawl
+from pipeline.download.config import DownloadConfig
+from pipeline.download.plan import fingerprint
+from pipeline.download.stage import run_download
 from pipeline.filter.stage import FilterConfig, run_filter
 
 CAPTIONS = ["A black dog running on the beach at sunset", "Portrait of a young woman in a red dress",
@@ -148,3 +151,19 @@ def test_lock_is_released_when_the_holder_is_killed(tmp_path: Path) -> None:
     holder.join(30)
     with output_lock(tmp_path, "crawl"):
         pass
+
+
+def test_download_plan_key_covers_every_output_option(tmp_path: Path) -> None:
+    """``--max-image-bytes 1000`` or another opt-out list re-used the finished shards before."""
+    part = _candidates(tmp_path / "in", [("http://a.test/1.jpg", CAPTIONS[0])], "p.parquet")
+    base = fingerprint([part], DownloadConfig())
+    assert fingerprint([part], DownloadConfig(max_image_bytes=1000)) != base
+    assert fingerprint([part], DownloadConfig(disallowed_header_directives=("noai",))) != base
+    assert fingerprint([part], DownloadConfig(thread_count=3, processes_count=1, retries=2)) == base
+
+
+def test_second_download_into_a_folder_in_use_is_refused(tmp_path: Path) -> None:
+    part = _candidates(tmp_path / "in", [("http://a.test/1.jpg", CAPTIONS[0])], "p.parquet")
+    with output_lock(tmp_path / "shards", "download"):
+        with pytest.raises(WitError, match=r"shards: download output folder in use by pid \d+"):
+            run_download(part, tmp_path / "shards")
