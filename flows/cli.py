@@ -35,7 +35,7 @@ from training.train import TrainConfig, latest_checkpoint, run_train
 
 
 
-_JSON = False  # set by --json: print the full result record as JSON instead of the short summary
+_JSON = False  # --json, or stdout not a terminal: the full result record as JSON instead of the short summary
 
 
 def _print_json(obj: Any) -> None:
@@ -197,7 +197,8 @@ def _sub(subs: Any, name: str, func: Callable, help: str, config: type | None = 
     p = subs.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.set_defaults(func=func)
     p.add_argument("--json", action="store_true", default=False,
-                   help="print the whole result record as JSON on stdout (for scripts) instead of a summary")
+                   help="print the whole result record as JSON (the default when stdout is not a terminal) "
+                        "instead of a short summary")
     if config is not None:
         add_config_args(p, config)
     return p
@@ -329,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     global _JSON
-    _JSON = bool(getattr(args, "json", False))
+    _JSON = bool(getattr(args, "json", False)) or not sys.stdout.isatty()  # scripts and pipes get the record
     try:
         args.func(args)
     except WitError as exc:
