@@ -35,8 +35,8 @@ candidate pairs, with the assumptions (instance type and price, bytes per image)
 Ray is shut down (``Cluster.shutdown``) and any process of ours still alive afterwards is killed by pid;
 ``ray stop`` is never used (it stops every Ray on the machine, other users' too).
 
-    .venv/bin/python benchmarks/bench_scale.py                  # --quick: ~3-4 min
-    .venv/bin/python benchmarks/bench_scale.py --full           # more images, 3 rounds: ~8 min
+    .venv/bin/python benchmarks/bench_scale.py                  # --quick: ~2.5 min (+1 min to make the images once)
+    .venv/bin/python benchmarks/bench_scale.py --full           # 6,000 images a run: ~5 min
     .venv/bin/python benchmarks/bench_scale.py --only nodes     # one section, the others kept
 """
 from __future__ import annotations
@@ -69,10 +69,12 @@ RESULTS = REPO / "benchmarks" / "results"
 RESULT = RESULTS / "scale.json"
 WORK = Path("/tmp/wit-bench-scale")
 SECTIONS = ("rates", "nodes", "memory")
-NOTE_NODES = ("All nodes run on one 2-core machine: with 2 and 3 nodes of 1 CPU each the workers, raylets, GCS, "
-              "driver and HTTP server share the same 2 cores, so these ratios show the engine's overhead "
-              "(scheduling, object transfer, one more raylet per node), not a speed-up; a real multi-node "
-              "cluster was not measured.")
+NOTE_NODES = ("All nodes run on one 2-core machine shared with other jobs: with 2 and 3 nodes of 1 CPU each the "
+              "workers, raylets, agents, GCS, driver and HTTP server share the same 2 cores, so these ratios show "
+              "the engine's overhead (cpu_ms_per_image: every process of the cluster and the driver per stored "
+              "image), not a speed-up. The wall-clock ratio of 2 nodes can exceed 1 only because the 1-node run "
+              "leaves part of the second core to the driver and the HTTP server; it swings with the other jobs' "
+              "load (see info). A real multi-node cluster was not measured.")
 
 # ---------------------------------------------------------------- cost-model assumptions (not measurements)
 
@@ -590,6 +592,8 @@ def cost_model(rates: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any
             "download_images_per_s_per_node": rnd(node_rate),
             "shards_tb_256px": rnd(pairs * shards_per_sample / 1e12) if shards_per_sample else None,
             "candidates_parquet_tb": rnd(pairs * parquet_per_pair / 1e12) if parquet_per_pair else None,
+            "shard_parquet_tb": rnd(pairs * measured["shard_parquet_bytes_per_url"] / 1e12)
+            if measured.get("shard_parquet_bytes_per_url") else None,
             "download_usd": dl_row["usd"],
         }
     i2d, laion = PUBLISHED["img2dataset_single_node"], PUBLISHED["laion5b_download"]
@@ -617,7 +621,8 @@ def main() -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="the default: 2,400 images x 3 rounds, 500 vs 5,000")
     mode.add_argument("--full", action="store_true", help="6,000 images x 3 rounds, 500 vs 5,000")
-    parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections to measure: {','.join(SECTIONS)}")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"sections to measure: {','.join(SECTIONS)} (empty: recompute the cost model only)")
     parser.add_argument("--memory-images", default="500,5000", help="URL counts of the memory runs")
     parser.add_argument("--images", type=int, help="URLs of each 1/2/3-node run (overrides the mode's)")
     parser.add_argument("--per-shard", type=int, help="URLs per shard in the 1/2/3-node runs")
@@ -644,6 +649,8 @@ def main() -> None:
         if section in previous and section not in only:
             report[section] = previous[section]
     report["rates"] = rates_from_results() | {"info": now_info()}
+    if not only and previous:  # nothing measured: the machine and sections of the last measuring run stay
+        report["machine"], report["measured_sections"] = previous["machine"], previous["measured_sections"]
 
     measured = dict(previous.get("measured_here", {}))
     if "rates" in only:
