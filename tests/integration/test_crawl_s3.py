@@ -4,13 +4,12 @@ read through fsspec's real s3fs client from an S3 API server on 127.0.0.1 (moto'
 from __future__ import annotations
 
 import gzip
-import os
-import socket
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow.parquet as pq
 import pytest
+from s3server import s3_server
 
 from pipeline.crawl.stage import CrawlConfig, run_crawl
 from pipeline.core.errors import WitError
@@ -19,41 +18,16 @@ pytestmark = pytest.mark.integration
 BUCKET = "commoncrawl-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(whirlwind_warc: Path) -> Iterator[str]:
     """An S3 API on 127.0.0.1 holding the Common Crawl WARC twice and a listing; yields the bucket URL."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "wit", "AWS_SECRET_ACCESS_KEY": "wit",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=BUCKET)
+    with s3_server(BUCKET) as client:
         body = whirlwind_warc.read_bytes()
         for name in ("a", "b"):
             client.put_object(Bucket=BUCKET, Key=f"crawl/segments/{name}.warc.gz", Body=body)
         listing = "crawl/segments/a.warc.gz\ncrawl/segments/b.warc.gz\n"
         client.put_object(Bucket=BUCKET, Key="crawl/warc.paths.gz", Body=gzip.compress(listing.encode()))
         yield f"s3://{BUCKET}"
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def rows(out: Path) -> list[tuple]:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 import re
-import socket
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from downloadsite import serve
 from faultserver import jpeg_bytes, smooth_image
+from s3server import clear_s3fs_cache, free_port, s3_server
 
 from pipeline.balance.stage import BalanceConfig, run_balance
 from pipeline.core.errors import WitError
@@ -31,17 +30,8 @@ S3 = f"s3://{BUCKET}"
 FILTER = FilterConfig(batch_rows=7, progress=False)  # several batches per part
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def _clear_s3fs_cache() -> None:
-    """fsspec reuses one S3 filesystem per set of options, whatever endpoint the environment names now."""
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
 
 
 @dataclasses.dataclass
@@ -59,29 +49,8 @@ class Bucket:
 @pytest.fixture(scope="module")
 def bucket() -> Iterator[Bucket]:
     """An S3 API on 127.0.0.1 with an empty bucket; the environment points fsspec's s3fs at it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "wit", "AWS_SECRET_ACCESS_KEY": "wit",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    _clear_s3fs_cache()
-    try:
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=BUCKET)
+    with s3_server(BUCKET) as client:
         yield Bucket(client)
-    finally:
-        _clear_s3fs_cache()
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def good_caption(part: int, i: int) -> str:
@@ -208,15 +177,15 @@ def test_credentials_and_endpoint_errors_are_one_line(candidates: list[Path], en
         if value is None:
             monkeypatch.delenv(key, raising=False)
         else:
-            monkeypatch.setenv(key, f"http://127.0.0.1:{_free_port()}" if value == "closed port" else value)
-    _clear_s3fs_cache()
+            monkeypatch.setenv(key, f"http://127.0.0.1:{free_port()}" if value == "closed port" else value)
+    clear_s3fs_cache()
     try:
         with pytest.raises(WitError, match=f"^{S3}/cand/: cannot list \\({error}") as err:
             run_filter(f"{S3}/cand/", tmp_path / "out", FILTER)
         assert "\n" not in str(err.value)
     finally:
         monkeypatch.undo()
-        _clear_s3fs_cache()
+        clear_s3fs_cache()
 
 
 # ---------------------------------------------------------------- balance
