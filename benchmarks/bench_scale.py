@@ -636,7 +636,7 @@ def main() -> None:
     images, per_shard, rounds = args.images or images, args.per_shard or per_shard, args.rounds or rounds
     memory_sizes = [int(x) for x in args.memory_images.split(",")]
 
-    from pipeline.core.executor import set_quiet_env
+    from pipeline.core.env import set_quiet_env
 
     set_quiet_env()
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))

@@ -15,7 +15,7 @@ from typing import Any, Callable, NoReturn
 
 from pipeline.core.config import add_config_args, config_from_args
 from pipeline.core.errors import WitError
-from pipeline.core.executor import set_quiet_env
+from pipeline.core.env import set_quiet_env
 from dedup.index import EvalIndexConfig, build_eval_index
 from dedup.run import DedupConfig, run_dedup
 from flows.build_wit import build_wit

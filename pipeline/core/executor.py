@@ -13,17 +13,6 @@ import threading
 from typing import Any, Callable, Iterable, Iterator, Mapping
 from unittest import mock
 
-#: No network but package registries: telemetry and update checks off, in this process (before anything
-#: imports those libraries) and in Ray workers.
-QUIET_ENV = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "NO_ALBUMENTATIONS_UPDATE": "1",
-    "WANDB_MODE": "disabled",
-    "WANDB_SILENT": "true",
-    "HF_HUB_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
 
 #: A local Ray that stays on this machine. Ray 2.60 picks the node address with
 #: ``ray._private.services.get_node_ip_address``, which is 127.0.0.1 only where
@@ -34,12 +23,6 @@ QUIET_ENV = {
 #: processes it starts (and the workers the raylet starts) inherit the variable.
 LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def set_quiet_env() -> None:
-    """:data:`QUIET_ENV` as defaults of this process's environment (values already set win)."""
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
 
 
 @contextlib.contextmanager

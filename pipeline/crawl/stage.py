@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.errors import WitError
-from pipeline.core.executor import QUIET_ENV, Resources, ray_session, submit_bounded
+from pipeline.core.env import QUIET_ENV
+from pipeline.core.executor import Resources, ray_session, submit_bounded
 from pipeline.core.io import atomic_path, clean_tmp
 from pipeline.core.lock import locked
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key

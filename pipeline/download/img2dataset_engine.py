@@ -39,7 +39,8 @@ from pipeline.download.config import (OVERLAP_FILE, SHARD_COLUMNS, SIZES_FILE, S
 from pipeline.download.plan import PLAN_DIR, URLS_FILE, open_plan, save_plan_record
 from pipeline.download.shard import SHARD_DIGITS, done_shards, shard_name
 from pipeline.core.errors import WitError
-from pipeline.core.executor import QUIET_ENV, ray_session, set_quiet_env
+from pipeline.core.env import QUIET_ENV, set_quiet_env
+from pipeline.core.executor import ray_session
 from pipeline.core.io import InputSpec, Part, clean_tmp, open_parquet, part_folder, write_json, write_parquet
 from pipeline.core.stats import StageStats
 

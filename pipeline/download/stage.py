@@ -26,7 +26,8 @@ from pipeline.download.shard import (OVERLAP_SCHEMA, ShardJob, done_shards, down
                                      overlap_path, read_overlap, recover, remove_shard, retry_shard, shard_name,
                                      stats_path)
 from pipeline.core.io import clean_tmp, read_json, write_json, write_parquet
-from pipeline.core.executor import Resources, ray_session, set_quiet_env, submit_bounded
+from pipeline.core.env import set_quiet_env
+from pipeline.core.executor import Resources, ray_session, submit_bounded
 from pipeline.core.stats import StageStats
 from pipeline.core.lock import locked
 

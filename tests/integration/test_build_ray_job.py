@@ -26,7 +26,8 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from pipeline.core.executor import LOCAL_ONLY_ENV, QUIET_ENV
+from pipeline.core.env import QUIET_ENV
+from pipeline.core.executor import LOCAL_ONLY_ENV
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.core.executor import QUIET_ENV
+from pipeline.core.env import QUIET_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 KUBERAY = REPO / "infra" / "kuberay"
