@@ -45,7 +45,7 @@ from pipeline.core.errors import WitError
 from pipeline.core.io import atomic_path, clean_tmp, read_json, write_json, write_parquet
 from pipeline.core.stats import StageStats
 from pipeline.core.lock import locked
-from pipeline.core.parts import file_identity, run_key
+from pipeline.core.parts import file_identity, progress, run_key
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,8 @@ def _read_cache(cache: Path) -> pa.Table | None:
 def hash_shards(tars: list[Path], out_dir: Path, cfg: DedupConfig) -> list[pa.Table]:
     threads = cfg.threads or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(lambda t: hash_shard(t, out_dir / HASH_DIR / f"{t.stem}.parquet", cfg), tars))
+        hashed = pool.map(lambda t: hash_shard(t, out_dir / HASH_DIR / f"{t.stem}.parquet", cfg), tars)
+        return list(progress(hashed, "dedup: hash", "shard", total=len(tars)))
 
 
 # ---------------------------------------------------------------- dropping

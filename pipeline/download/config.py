@@ -84,6 +84,7 @@ class DownloadConfig(Config, section="download"):
     drop_eval_duplicates: bool = field(False, help="leave eval near-duplicates out of the shards (reason "
                                                    "eval_duplicate) instead of only listing them in overlap/")
     ray_address: str | None = field(None, key=False, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    progress: bool = field(True, key=False, help="show a progress bar over shards (only on a terminal)")
 
     def check(self) -> None:
         """Rules between options, and values a bound cannot express."""

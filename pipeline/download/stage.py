@@ -28,6 +28,7 @@ from pipeline.download.shard import (OVERLAP_SCHEMA, ShardJob, done_shards, down
 from pipeline.core.io import clean_tmp, read_json, write_json, write_parquet
 from pipeline.core.env import set_quiet_env
 from pipeline.core.executor import Resources, ray_session, submit_bounded
+from pipeline.core.parts import progress
 from pipeline.core.stats import StageStats
 from pipeline.core.lock import locked
 
@@ -51,7 +52,8 @@ def run_shard_tasks(jobs: list[tuple[Callable[..., Any], ShardJob]], indexes: di
     resources = dataclasses.replace(RESOURCES, retries=cfg.shard_retries)
     results: dict[int, dict[str, Any] | None] = {}
     started, urls = time.time(), 0
-    for job, ref in submit_bounded(jobs, resources, indexes):
+    done = submit_bounded(jobs, resources, indexes)
+    for job, ref in progress(done, "download", "shard", total=len(jobs), enabled=cfg.progress):
         shard_id = job.shard_id
         results[shard_id] = _result(ray, ref, shard_id, cfg)
         if results[shard_id] is not None:
