@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import importlib
 import zlib
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.crawl.archive import Record
 
@@ -75,26 +75,27 @@ def _inflate_body(body: bytes, limit: int) -> bytes:
 
 
 def _unbrotli(body: bytes, limit: int) -> bytes:
-    """A brotli HTTP body, decoded when the ``brotli`` package is installed."""
-    brotli = _optional_module("brotli")
-    if brotli is None:
-        raise _NoDecoder("brotli body (install the brotli package to read it)")
-    try:
-        return brotli.decompress(body)
-    except brotli.error as exc:
-        raise _BadBody(f"bad brotli body ({exc})") from None
+    """A brotli HTTP body."""
+    return _package_decode("brotli", "brotli", "error", lambda brotli: brotli.decompress(body))
 
 
 def _unzstd(body: bytes, limit: int) -> bytes:
-    """A zstd HTTP body (at most ``limit`` bytes), decoded when the ``zstandard`` package is installed."""
-    zstd = _optional_module("zstandard")
-    if zstd is None:
-        raise _NoDecoder("zstd body (install the zstandard package to read it)")
-    try:
+    """A zstd HTTP body (at most ``limit`` bytes)."""
+    def read(zstd: Any) -> bytes:
         with zstd.ZstdDecompressor().stream_reader(body) as reader:
             return reader.read(limit)
-    except zstd.ZstdError as exc:
-        raise _BadBody(f"bad zstd body ({exc})") from None
+    return _package_decode("zstandard", "zstd", "ZstdError", read)
+
+
+def _package_decode(package: str, coding: str, error: str, decode: Callable[[Any], bytes]) -> bytes:
+    """``decode(module)`` with the decoder ``package``; _NoDecoder without it, _BadBody when it fails."""
+    module = _optional_module(package)
+    if module is None:
+        raise _NoDecoder(f"{coding} body (install the {package} package to read it)")
+    try:
+        return decode(module)
+    except getattr(module, error) as exc:
+        raise _BadBody(f"bad {coding} body ({exc})") from None
 
 
 def _unknown_coding(body: bytes, limit: int) -> bytes:
