@@ -8,8 +8,10 @@ import dataclasses
 import logging
 import os
 import signal
+import statistics
 import sys
 import threading
+import time
 from typing import Any, Callable, Iterable, Iterator, Mapping
 from unittest import mock
 
@@ -22,6 +24,7 @@ from unittest import mock
 #: The driver read the constant when it imported ray, so :func:`_init_local` sets both for its ``ray.init``; the
 #: processes it starts (and the workers the raylet starts) inherit the variable.
 LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -164,21 +167,64 @@ def submit_bounded(tasks: Iterable[tuple[Callable[..., Any], Any]], resources: R
                    per_slot: int = 2) -> Iterator[tuple[Any, Any]]:
     """Run ``fn(item, *shared)`` for every ``(fn, item)`` as Ray tasks, at most ``per_slot`` tasks per
     schedulable slot in flight (so a listing of 100,000 files never queues 100,000 tasks); yield
-    ``(item, ObjectRef)`` as tasks finish. ``shared`` objects are put in the object store once."""
+    ``(item, ObjectRef)`` as tasks finish. ``shared`` objects are put in the object store once. A task that
+    runs far longer than its finished peers is reported (:class:`Stragglers`)."""
     import ray
 
     remotes: dict[Callable[..., Any], Any] = {}
     refs = [ray.put(obj) for obj in shared]
     slots = ray.cluster_resources().get("CPU", 1) / max(resources.cpus, 1e-3)
     window = max(2, int(per_slot * slots))
-    queue, pending = iter(tasks), {}
+    queue, pending, watch = iter(tasks), {}, Stragglers()
     while True:
         while len(pending) < window and (task := next(queue, None)) is not None:
             fn, item = task
             if fn not in remotes:
                 remotes[fn] = ray.remote(**resources.ray_options())(fn)
-            pending[remotes[fn].remote(item, *refs)] = item
+            ref = remotes[fn].remote(item, *refs)
+            pending[ref] = item
+            watch.started(ref)
         if not pending:
             return
-        [ref], _ = ray.wait(list(pending), num_returns=1)
-        yield pending.pop(ref), ref
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=watch.poll_s)
+        if not ready:
+            watch.report({ref: item for ref, item in pending.items()})
+            continue
+        watch.finished(ready[0])
+        yield pending.pop(ready[0]), ready[0]
+
+
+class Stragglers:
+    """Finds tasks running ``factor`` times longer than the median of their finished peers (and at least
+    ``min_s``), and logs each once: on a cluster that is a slow node or a part far larger than the rest."""
+
+    def __init__(self, factor: float = 4.0, min_s: float = 60.0, poll_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.factor, self.min_s, self.poll_s, self.clock = factor, min_s, poll_s, clock
+        self.start: dict[Any, float] = {}
+        self.durations: list[float] = []
+        self.reported: set[Any] = set()
+
+    def started(self, key: Any) -> None:
+        self.start[key] = self.clock()
+
+    def finished(self, key: Any) -> None:
+        self.durations.append(self.clock() - self.start.pop(key))
+
+    def slow(self) -> list[tuple[Any, float]]:
+        """``(key, seconds running)`` of the running tasks that are stragglers now, not reported before."""
+        if len(self.durations) < 3:
+            return []
+        limit = max(self.min_s, self.factor * statistics.median(self.durations))
+        now = self.clock()
+        return [(key, now - t0) for key, t0 in self.start.items() if now - t0 > limit and key not in self.reported]
+
+    def report(self, names: Mapping[Any, Any]) -> list[Any]:
+        """Log the new stragglers (named by ``names``); return their names."""
+        found = self.slow()
+        median = statistics.median(self.durations) if self.durations else 0.0
+        for key, seconds in found:
+            self.reported.add(key)
+            log.warning("%s: running %.0f s, %.1fx the median %.0f s of finished tasks (a slow node or a large "
+                        "part?)", names.get(key, key), seconds, seconds / max(median, 1e-9), median)
+        return [names.get(key, key) for key, _ in found]
