@@ -19,7 +19,6 @@ and counted (``decode_error``, ``no_image``); a duplicate ``eval_id`` is a ``Wit
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -234,13 +233,3 @@ def _variant_names(file: Path, table: pa.Table) -> list[str]:
     if not isinstance(variants, list) or not variants or not all(isinstance(x, str) for x in variants):
         raise WitError(f"{file}: no list of hash variants in its metadata; rebuild it with `wit eval-index`")
     return variants
-
-
-def index_fingerprint(paths: dict[str, str | os.PathLike]) -> str:
-    """A digest of the index files of several eval sets (names, sizes and modification times)."""
-    digest = hashlib.sha256()
-    for name in sorted(paths):
-        st = index_file(paths[name]).stat()
-        digest.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return digest.hexdigest()[:16]
-
