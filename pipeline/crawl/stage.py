@@ -50,15 +50,16 @@ def run_crawl(inputs: list[str], out_dir: str | Path, cfg: CrawlConfig = CrawlCo
     clean_tmp(out)
     clean_tmp(out / PARTS_DIR)
     store = PartStore(out, STAGE)
-    todo = [(src, str(out / part_name(src))) for src in sources if not is_done(store, src, cfg)]
+    keys = {src: part_key(src, cfg) for src in sources}  # one look at each input (a HEAD request for a URL)
+    todo = [(src, str(out / part_name(src)), keys[src]) for src in sources if not is_done(store, src, keys[src])]
     if use_ray(cfg, len(todo)):
         failed = crawl_on_ray(todo, cfg)
     else:
-        failed = [msg for src, part in _progress(todo, cfg) if (msg := crawl_job(src, part, cfg)) is not None]
+        failed = [msg for job in _progress(todo, cfg) if (msg := crawl_job(*job, cfg)) is not None]
     if failed and len(failed) == len(sources):
         more = f" (and {len(failed) - 1} more failed inputs)" if len(failed) > 1 else ""
         raise WitError(failed[0] + more)
-    stats = _total_stats(store, sources, cfg, len(sources) - len(todo), failed)
+    stats = _total_stats(store, keys, len(sources) - len(todo), failed)
     stats.write(out)
     return stats
 
@@ -71,15 +72,15 @@ def use_ray(cfg: CrawlConfig, n_todo: int) -> bool:
 RESOURCES = Resources(cpus=1, memory_mb=1024)  # one archive streamed at a time; bounded buffers
 
 
-def crawl_on_ray(jobs: list[tuple[str, str]], cfg: CrawlConfig) -> list[str]:
-    """Crawl ``(source, part)`` jobs as Ray tasks; return the failure messages. A worker that dies (e.g.
+def crawl_on_ray(jobs: list[tuple[str, str, str]], cfg: CrawlConfig) -> list[str]:
+    """Crawl ``(source, part, run key)`` jobs as Ray tasks; return the failure messages. A worker that dies (e.g.
     killed for memory) fails its archive once Ray's retries are spent, and the crawl goes on."""
     import ray
 
     failed: list[str] = []
     with ray_session(cfg.ray_address, cfg.workers, QUIET_ENV):
         done = submit_bounded(((_crawl_task, job) for job in jobs), RESOURCES, cfg)
-        for (source, _), ref in _progress(done, cfg, total=len(jobs)):
+        for (source, *_), ref in _progress(done, cfg, total=len(jobs)):
             try:
                 message = ray.get(ref)
             except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError) as exc:
@@ -89,14 +90,14 @@ def crawl_on_ray(jobs: list[tuple[str, str]], cfg: CrawlConfig) -> list[str]:
     return failed
 
 
-def _crawl_task(job: tuple[str, str], cfg: CrawlConfig) -> str | None:
-    return crawl_job(job[0], job[1], cfg)
+def _crawl_task(job: tuple[str, str, str], cfg: CrawlConfig) -> str | None:
+    return crawl_job(*job, cfg)
 
 
-def crawl_job(source: str, part: str, cfg: CrawlConfig) -> str | None:
+def crawl_job(source: str, part: str, key: str, cfg: CrawlConfig) -> str | None:
     """Crawl one archive into ``part``; the one-line reason when the archive is unreadable, else None."""
     try:
-        crawl_file(source, Path(part), cfg)
+        crawl_file(source, Path(part), cfg, key)
     except CorruptArchive as exc:
         return str(exc)
     return None
@@ -107,17 +108,19 @@ def part_key(source: str, cfg: CrawlConfig) -> str:
     return run_key(STAGE, cfg, [file_identity(source)])
 
 
-def is_done(store: PartStore, source: str, cfg: CrawlConfig) -> bool:
-    """Finished from this very archive content with these options (else it is crawled again)."""
+def is_done(store: PartStore, source: str, key: str) -> bool:
+    """Finished from this very archive content with these options (``key``; else it is crawled again)."""
     name = part_name(source)
-    return store.finished(name, part_key(source, cfg), [store.out / name])
+    return store.finished(name, key, [store.out / name])
 
 
-def crawl_file(source: str | Path, part: Path, cfg: CrawlConfig = CrawlConfig()) -> StageStats:
-    """Crawl one archive into ``part`` (atomically, sidecar first); CorruptArchive leaves nothing behind."""
+def crawl_file(source: str | Path, part: Path, cfg: CrawlConfig = CrawlConfig(), key: str | None = None
+               ) -> StageStats:
+    """Crawl one archive into ``part`` (atomically, sidecar first) and record it with its run ``key`` (computed
+    when not given); CorruptArchive leaves nothing behind."""
     stats = StageStats(STAGE, extra={k: 0 for k in _COUNTERS})
     source = str(source)
-    key = part_key(source, cfg)
+    key = key or part_key(source, cfg)
     with atomic_path(part) as tmp:
         with PartWriter(tmp, cfg.batch_rows, source) as writer:
             wat = _WatRun()
@@ -243,14 +246,14 @@ def _html_refs(record: Record, cfg: CrawlConfig, stats: StageStats) -> list[Imag
     return list(html_images(html, record.target, cfg.title_fallback))
 
 
-def _total_stats(store: PartStore, sources: list[str], cfg: CrawlConfig, skipped: int, failed: list[str]
-                 ) -> StageStats:
-    """Sum the sidecars of every finished part of ``sources`` (this run's and earlier runs')."""
+def _total_stats(store: PartStore, keys: dict[str, str], skipped: int, failed: list[str]) -> StageStats:
+    """Sum the sidecars of every finished part of the sources (``keys``: source -> run key; this run's parts
+    and earlier runs')."""
     stats = StageStats(STAGE, extra={k: 0 for k in _COUNTERS})
-    for source in sources:
-        if is_done(store, source, cfg):
+    for source, key in keys.items():
+        if is_done(store, source, key):
             stats.merge(store.stats(part_name(source)))
-    stats.extra.update(files=len(sources), skipped_files=skipped, failed_files=failed)
+    stats.extra.update(files=len(keys), skipped_files=skipped, failed_files=failed)
     return stats
 
 
