@@ -18,7 +18,8 @@ from warcio.recordloader import ArcWarcRecord
 from warcio.statusandheaders import StatusAndHeadersParserException
 
 from pipeline.crawl.config import CrawlConfig
-from pipeline.crawl.inputs import READ_ERRORS, one_line, open_source
+from pipeline.core.io import one_line
+from pipeline.crawl.inputs import READ_ERRORS, open_source
 
 try:  # ISA-L inflates about twice as fast as zlib, and reads gzip members in C; optional
     from isal import igzip as _gzip

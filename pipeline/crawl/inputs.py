@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
 
 from pipeline.core.errors import WitError
+from pipeline.core.io import is_url, one_line
 from pipeline.crawl.config import COMMON_CRAWL
 
 ARCHIVE_SUFFIXES = (".warc", ".warc.gz", ".wat", ".wat.gz", ".arc", ".arc.gz")
 LISTING_SUFFIXES = (".paths.gz", ".paths")
 _GZIP_MAGIC = b"\x1f\x8b"
 _GLOB_RE = re.compile(r"[*?\[]")
-_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
 def network_errors() -> tuple[type[BaseException], ...]:
@@ -35,17 +35,6 @@ def network_errors() -> tuple[type[BaseException], ...]:
 
 # Errors of reading a (gzipped) source: truncated or corrupt gzip, I/O, network.
 READ_ERRORS = (EOFError, OSError, zlib.error) + network_errors()
-
-
-def one_line(exc: BaseException) -> str:
-    """First non-empty line of an exception message, with its type."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
-
-
-def is_url(item: str) -> bool:
-    """True for ``scheme://...`` inputs (read with fsspec)."""
-    return bool(_URL_RE.match(item))
 
 
 def expand_inputs(inputs: Iterable[str | Path], paths_prefix: str = COMMON_CRAWL) -> list[str]:

@@ -8,7 +8,7 @@ See ``docs/crawl.md``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +26,7 @@ from pipeline.crawl.body import http_body
 from pipeline.crawl.columns import ImageColumns, decode_wat, wat_columns
 from pipeline.crawl.config import CrawlConfig
 from pipeline.crawl.extract import CorruptRecord, ImageRef, decode_html, html_images, parse_wat, wat_images
-from pipeline.crawl.inputs import expand_inputs, one_line, part_name
+from pipeline.crawl.inputs import expand_inputs, part_name
 from pipeline.crawl.writer import PartWriter
 
 __all__ = ["CrawlConfig", "crawl_file", "run_crawl"]
