@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from prefectapi import read_artifacts
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -119,19 +120,6 @@ def test_screenshot(page: dict[str, Any], tmp_path: Path) -> None:
     path = Path(os.environ.get("WIT_DASHBOARD_SCREENSHOT", tmp_path / "dashboard.png"))
     page["tab"].screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 10_000
-
-
-def read_artifacts(keys: list[str]) -> dict[str, dict]:
-    """The latest artifact of each key from the Prefect API (a plain filter request, as in test_train_ray_job)."""
-    from prefect.client.orchestration import get_client
-
-    body = {"artifacts": {"key": {"any_": keys}}, "sort": "CREATED_DESC", "limit": 50, "offset": 0}
-    with get_client(sync_client=True) as client:
-        found = client.request("POST", "/artifacts/filter", json=body).json()
-    latest: dict[str, dict] = {}
-    for artifact in found:
-        latest.setdefault(artifact["key"], artifact)
-    return latest
 
 
 def test_build_wit_attaches_report_artifacts(build: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from prefectapi import read_artifacts
 from PIL import Image
 
 from pipeline.core.errors import WitError
@@ -77,20 +78,6 @@ def write_build(build: Path) -> Path:
     pq.write_table(pa.table({"eval_set": ["colours", "colours"], "eval_id": ["red/0.jpg", "blue/1.jpg"],
                              "key": ["000000001", "100000002"], "distance": [0, 1]}), build / "overlap" / "overlap.parquet")
     return eval_root
-
-
-def read_artifacts(keys: list[str]) -> dict[str, dict]:
-    """The latest artifact of each key, read back from the Prefect API (a plain filter request: in this
-    Prefect version the client's read_artifacts sends nulls or run filters that hide flow-run artifacts)."""
-    from prefect.client.orchestration import get_client
-
-    body = {"artifacts": {"key": {"any_": keys}}, "sort": "CREATED_DESC", "limit": 50, "offset": 0}
-    with get_client(sync_client=True) as client:
-        found = client.request("POST", "/artifacts/filter", json=body).json()
-    latest: dict[str, dict] = {}
-    for artifact in found:
-        latest.setdefault(artifact["key"], artifact)
-    return latest
 
 
 def test_train_wit_flow_runs_training_as_ray_job(ray_dashboard: str, tmp_path: Path) -> None:
