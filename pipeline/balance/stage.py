@@ -374,7 +374,7 @@ def part_key(part: Part, counts_key: str, cfg: BalanceConfig) -> str:
 def is_done(store: PartStore, part: Part, key: str, cfg: BalanceConfig) -> bool:
     """Finished with this run key (options, query list, global counts, the input part's identity)."""
     name = part_name(part)
-    outputs = [store.out / name] + ([store.out / REJECTED_DIR / name] if cfg.write_rejected else [])
+    outputs = [name] + ([f"{REJECTED_DIR}/{name}"] if cfg.write_rejected else [])
     return store.finished(name, key, outputs)
 
 

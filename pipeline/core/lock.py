@@ -1,20 +1,24 @@
 """One writer per output folder: an advisory lock (``fcntl.flock``) on ``<folder>/.wit.lock``, released by the
-kernel when the holder exits or is killed. A second writer gets one line naming the holder."""
+kernel when the holder exits or is killed. A second writer gets one line naming the holder. Object stores have
+no locks: a folder there is locked on the driver's machine only (see :func:`lock_path`)."""
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import functools
+import hashlib
 import inspect
 import json
 import os
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from pipeline.core.errors import WitError
+from pipeline.core.io import is_url
 
 LOCK_FILE = ".wit.lock"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -28,10 +32,20 @@ def _holder(path: Path) -> str:
     return f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')} ({info.get('command', '')})"
 
 
+def lock_path(folder: str | os.PathLike) -> Path:
+    """``<folder>/.wit.lock``; for a folder on an object store (which has no locks) a file in this machine's
+    temp folder named after its URL, so two writers on one machine still exclude each other."""
+    text = str(folder)
+    if is_url(text):
+        digest = hashlib.sha256(text.rstrip("/").encode()).hexdigest()[:24]
+        return Path(tempfile.gettempdir()) / "wit-locks" / f"{digest}.lock"
+    return Path(folder) / LOCK_FILE
+
+
 @contextlib.contextmanager
 def output_lock(folder: str | os.PathLike, stage: str) -> Iterator[None]:
     """Hold the lock of ``folder`` for the block; :class:`WitError` when another process holds it."""
-    path = Path(folder) / LOCK_FILE
+    path = lock_path(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

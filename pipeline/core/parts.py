@@ -18,8 +18,9 @@ from typing import Any, Iterable, Iterator, Mapping, TypeVar
 from tqdm import tqdm
 
 from pipeline.core.config import output_options
-from pipeline.core.io import RemotePart, read_json, write_json
+from pipeline.core.io import RemotePart
 from pipeline.core.stats import StageStats
+from pipeline.core.storage import Folder
 
 PARTS_DIR = "_parts"
 T = TypeVar("T")
@@ -57,29 +58,40 @@ def run_key(stage: str, cfg: Any, inputs: Iterable[Mapping[str, Any]], extra: Ma
 
 @dataclasses.dataclass(frozen=True)
 class PartStore:
-    """The finished parts of one stage output folder: ``out/_parts/<name>.stats.json`` per part."""
+    """The finished parts of one stage output folder (local or on a store, see :class:`Folder`):
+    ``out/_parts/<name>.stats.json`` per part, the part's commit marker (published after its outputs)."""
 
-    out: Path
+    out: Folder
     stage: str
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Folder(self.out))
+
+    @staticmethod
+    def sidecar_name(name: str) -> str:
+        return f"{PARTS_DIR}/{Path(name).stem}.stats.json"
+
     def sidecar(self, name: str) -> Path:
-        return self.out / PARTS_DIR / f"{Path(name).stem}.stats.json"
+        """The local path of a part's sidecar (local folders only)."""
+        return self.out.path / self.sidecar_name(name)
 
     def key_of(self, name: str) -> str | None:
         """The run key a finished part was made with (None: not finished, or made before run keys)."""
-        path = self.sidecar(name)
-        return read_json(path).get("run_key") if path.is_file() else None
+        try:
+            return self.out.read_json(self.sidecar_name(name)).get("run_key")
+        except FileNotFoundError:
+            return None
 
-    def finished(self, name: str, key: str, outputs: Iterable[Path] = ()) -> bool:
-        """Finished with ``key``, and every output file still there."""
-        return self.key_of(name) == key and all(p.is_file() for p in outputs)
+    def finished(self, name: str, key: str, outputs: Iterable[str] = ()) -> bool:
+        """Finished with ``key``, and every output file (names inside ``out``) still there."""
+        return self.key_of(name) == key and all(self.out.exists(o) for o in outputs)
 
     def record(self, name: str, key: str, stats: StageStats) -> None:
-        """Mark a part finished (call after its outputs are in place, or just before their renames)."""
-        write_json(self.sidecar(name), {**stats.to_dict(), "run_key": key})
+        """Mark a part finished (call after its outputs are in place, or in the same staging folder)."""
+        self.out.write_json(self.sidecar_name(name), {**stats.to_dict(), "run_key": key})
 
     def stats(self, name: str) -> StageStats:
-        return StageStats.from_dict(read_json(self.sidecar(name)))
+        return StageStats.from_dict(self.out.read_json(self.sidecar_name(name)))
 
     def total(self, names: Iterable[str]) -> StageStats:
         """The sum of the sidecars of ``names`` (this run's and earlier runs')."""

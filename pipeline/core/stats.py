@@ -6,11 +6,11 @@ funnel in ``reports/stats.json`` is computed from files, not from logs.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-from pipeline.core.io import read_json, write_json
+from pipeline.core.storage import Folder
 
 STATS_FILE = "_stats.json"
 
@@ -65,11 +65,12 @@ class StageStats:
         return cls(stage=d["stage"], inputs=d["inputs"], kept=d["kept"],
                    dropped=Counter(d.get("dropped", {})), extra=dict(d.get("extra", {})))
 
-    def write(self, folder: str | Path) -> Path:
-        path = Path(folder) / STATS_FILE
-        write_json(path, self.to_dict())
-        return path
+    def write(self, folder: "str | os.PathLike[str] | Folder") -> str:
+        """Write ``_stats.json`` into ``folder`` (a local path or a :class:`Folder`, also on a store)."""
+        folder = Folder(folder)
+        folder.write_json(STATS_FILE, self.to_dict())
+        return folder.loc(STATS_FILE)
 
     @classmethod
-    def read(cls, folder: str | Path) -> "StageStats":
-        return cls.from_dict(read_json(Path(folder) / STATS_FILE))
+    def read(cls, folder: "str | os.PathLike[str] | Folder") -> "StageStats":
+        return cls.from_dict(Folder(folder).read_json(STATS_FILE))

@@ -111,7 +111,7 @@ def part_key(source: str, cfg: CrawlConfig) -> str:
 def is_done(store: PartStore, source: str, key: str) -> bool:
     """Finished from this very archive content with these options (``key``; else it is crawled again)."""
     name = part_name(source)
-    return store.finished(name, key, [store.out / name])
+    return store.finished(name, key, [name])
 
 
 def crawl_file(source: str | Path, part: Path, cfg: CrawlConfig = CrawlConfig(), key: str | None = None

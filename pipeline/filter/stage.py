@@ -153,7 +153,7 @@ def part_keys(parts: list[Part], cfg: FilterConfig) -> list[str]:
 
 def is_done(store: PartStore, name: str, key: str) -> bool:
     """Finished with this run key, outputs still there."""
-    return store.finished(name, key, [store.out / "kept" / name, store.out / "rejected" / name])
+    return store.finished(name, key, [f"kept/{name}", f"rejected/{name}"])
 
 
 def output_schemas(schema: pa.Schema) -> tuple[pa.Schema, pa.Schema]:
