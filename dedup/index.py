@@ -40,7 +40,8 @@ from dedup.phash import DCT_BYTES, VARIANTS, eval_variants
 from dedup.search import HashIndex
 from pipeline.core.config import Config, field
 from pipeline.core.errors import WitError
-from pipeline.core.io import atomic_dir
+from pipeline.core.io import is_url
+from pipeline.core.storage import Folder
 from pipeline.core.stats import StageStats
 
 log = logging.getLogger(__name__)
@@ -137,9 +138,10 @@ def build_eval_index(name: str, path: str | os.PathLike, out_dir: str | os.PathL
                        classes=len({label for label in rows["label"] if label is not None}))
     table = pa.table(rows, schema=SCHEMA).replace_schema_metadata(
         {META_VARIANTS: json.dumps(list(VARIANTS)).encode(), META_VERSION: HASH_VERSION.encode()})
-    with atomic_dir(Path(out_dir) / name) as tmp:
-        pq.write_table(table, tmp / INDEX_FILE)
-        stats.write(tmp)
+    with Folder(out_dir).staging() as tmp:  # a local folder or a store; _stats.json (the marker) goes last
+        (tmp / name).mkdir()
+        pq.write_table(table, tmp / name / INDEX_FILE)
+        stats.write(tmp / name)
     return stats
 
 
@@ -164,20 +166,31 @@ def _collect(name: str, hashed: Iterator[tuple]) -> tuple[dict[str, list], Stage
 
 # ---------------------------------------------------------------- loading
 
-def index_file(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    return p / INDEX_FILE if p.is_dir() else p
+def index_file(path: str | os.PathLike) -> str:
+    """The ``index.parquet`` of an eval index folder (local or URL), or ``path`` when it names the file."""
+    text = str(path)
+    if is_url(text):
+        return text if text.endswith(".parquet") else f"{text.rstrip('/')}/{INDEX_FILE}"
+    return str(Path(text) / INDEX_FILE) if Path(text).is_dir() else text
+
+
+def _index_bytes(file: str) -> pa.BufferReader:
+    """The index file's bytes (an index is small: a few hashes per eval image), local or on a store."""
+    folder, name = file.rsplit("/", 1) if is_url(file) else (str(Path(file).parent), Path(file).name)
+    try:
+        return pa.BufferReader(Folder(folder).read_bytes(name))
+    except (FileNotFoundError, IsADirectoryError):
+        raise WitError(f"{file}: eval index not found (build it with `wit eval-index`)") from None
 
 
 def load_eval_index(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
-    """Read an eval index (its folder or its ``index.parquet``): ``eval_id``, ``label``, ``phash``, ...
-    A file that is unreadable, lacks a column, holds another type or empty ids or hashes is a ``WitError``."""
+    """Read an eval index (its folder or its ``index.parquet``, local or URL): ``eval_id``, ``label``, ``phash``,
+    ... A file that is unreadable, lacks a column, holds another type or empty ids or hashes is a ``WitError``."""
     file = index_file(path)
-    if not file.is_file():
-        raise WitError(f"{file}: eval index not found (build it with `wit eval-index`)")
+    data = _index_bytes(file)
     try:
-        _check_schema(file, pq.read_schema(file), columns)
-        table = pq.read_table(file, columns=columns)
+        _check_schema(file, pq.read_schema(data), columns)
+        table = pq.read_table(data, columns=columns)
     except sources.PARQUET_ERRORS as exc:
         raise WitError(f"{sources.unreadable(file, exc, 'eval index')}; rebuild it with `wit eval-index`") from None
     empty = [c for c in REQUIRED if c in table.column_names and table[c].null_count]
@@ -187,7 +200,7 @@ def load_eval_index(path: str | os.PathLike, columns: list[str] | None = None) -
     return table
 
 
-def _check_schema(file: Path, schema: pa.Schema, columns: list[str] | None) -> None:
+def _check_schema(file: str, schema: pa.Schema, columns: list[str] | None) -> None:
     """The index columns ``file`` must have (those asked for too) are there, with the types :data:`SCHEMA` says."""
     missing = [c for c in dict.fromkeys((*REQUIRED, *(columns or ()))) if c not in schema.names]
     if missing:
@@ -222,7 +235,7 @@ def load_robust_index(path: str | os.PathLike, max_radius: int = MAX_DISTANCE) -
                        max_radius)
 
 
-def _variant_names(file: Path, table: pa.Table) -> list[str]:
+def _variant_names(file: str, table: pa.Table) -> list[str]:
     """The hash variants an index holds (its schema metadata), checked against its columns."""
     if "variant_dct" not in table.column_names:
         raise WitError(f"{file}: not an eval index, missing column(s) variant_dct")

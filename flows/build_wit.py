@@ -70,7 +70,7 @@ def _publish(report: dict[str, Any]) -> list[str]:
         create_table_artifact(key="build-wit-overlap", table=overlap_table(report["overlap"]),
                               description="zero-shot accuracy on All / Clean / Overlap per eval set (in %)")
         keys.append("build-wit-overlap")
-    page = Path(report["build_dir"]).resolve() / "reports" / PAGE
+    page = Path(report.get("local_dir", report["build_dir"])).resolve() / "reports" / PAGE
     if page.is_file():
         create_link_artifact(key="build-wit-dashboard", link=page.as_uri(), link_text=f"dashboard: {page}",
                              description=description)

@@ -15,6 +15,7 @@ from typing import Any, Callable, NoReturn
 
 from pipeline.core.config import add_config_args, config_from_args
 from pipeline.core.errors import WitError
+from pipeline.core.io import is_url
 from pipeline.core.env import set_quiet_env
 from dedup.index import EvalIndexConfig, build_eval_index
 from dedup.run import DedupConfig, run_dedup
@@ -159,20 +160,22 @@ def cmd_build(args: argparse.Namespace) -> None:
         overrides["stages"] = args.stages
     cfg = build_config(overrides, args.config)  # validate before Prefect starts
     build_wit(config=overrides, config_path=args.config)
-    _print_summary(cfg.build_dir)
+    _print_summary(cfg.build_dir, cfg.local_root())
 
 
-def _print_summary(build_dir: str) -> None:
-    report = build_report(build_dir)
+def _print_summary(build_dir: str, local: Path) -> None:
+    """The funnel and overlap lines of a finished build; ``local`` is its local copy when it is on a store."""
+    report = build_report(local)
+    page = f"{build_dir.rstrip('/')}/reports/{PAGE} (copy: {(local / 'reports' / PAGE).resolve()})" \
+        if is_url(build_dir) else (Path(build_dir) / "reports" / PAGE).resolve()
     print("\n".join(["", "Funnel:", *funnel_lines(report), "", *overlap_lines(report), "",
-                     f"Reports: {Path(build_dir) / 'reports'} (stats.json, stats.md, overlap.json)",
-                     f"Dashboard: {(Path(build_dir) / 'reports' / PAGE).resolve()} "
-                     f"(open it in a browser, or: wit dashboard {build_dir} --serve)"]))
+                     f"Reports: {build_dir.rstrip('/')}/reports (stats.json, stats.md, overlap.json)",
+                     f"Dashboard: {page} (open it in a browser, or: wit dashboard {local} --serve)"]))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), n_pairs=args.pairs, port=args.port, seed=args.seed, stages=args.stages)
-    _print_summary(str(Path(args.out)))
+    _print_summary(str(Path(args.out)), Path(args.out))
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

@@ -8,11 +8,16 @@ orchestration starts.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import Config, ConfigError, config_from_dict, field, load_config_file
+from pipeline.core.io import is_url
+from pipeline.core.storage import SCRATCH_ENV, Folder
 from pipeline.balance.stage import BalanceConfig
 from pipeline.crawl.stage import CrawlConfig
 from pipeline.download.stage import DownloadConfig
@@ -25,7 +30,8 @@ STAGES = ("crawl", "filter", "balance", "eval_index", "download", "train", "over
 
 @dataclasses.dataclass
 class BuildConfig(Config):
-    build_dir: str = field("runs/build", help="the build's working directory (layout of DESIGN.md)")
+    build_dir: str = field("runs/build", help="the build's working directory (layout of DESIGN.md): a local path "
+                           "or an fsspec URL such as s3://bucket/prefix")
     inputs: list[str] = field([], help="web archives to crawl: WARC/WAT files or globs")
     eval_sets: dict[str, str] = field({}, help="evaluation sets as NAME: ImageFolder path")
     stages: list[str] = field(list(STAGES), help=f"stages to run, in order, from {', '.join(STAGES)}",
@@ -45,16 +51,39 @@ class BuildConfig(Config):
             if not Path(folder).is_dir():
                 self.fail(f"eval_sets.{name}", f"eval set folder not found: {folder}")
 
-    def path(self, name: str) -> Path:
-        """A folder of the build directory: candidates, pairs, eval, shards, overlap, train, reports."""
-        return Path(self.build_dir) / name
+    @property
+    def remote(self) -> bool:
+        """The build directory is on an object store (``s3://...``): the cluster's only shared storage."""
+        return is_url(self.build_dir)
 
-    def download_input(self) -> Path:
+    def location(self, *names: str) -> str:
+        """A folder of the build directory as the stages take it: a local path or a URL."""
+        if self.remote:
+            return "/".join([self.build_dir.rstrip("/"), *names])
+        return str(Path(self.build_dir, *names))
+
+    def folder(self, *names: str) -> Folder:
+        return Folder(self.location(*names))
+
+    def path(self, *names: str) -> Path:
+        """A local folder of the build: in the build directory, or for a build on a store in its local working
+        copy (:meth:`local_root`), where training, the overlap analysis and the report work before their
+        outputs are copied to the store."""
+        return Path(self.local_root(), *names)
+
+    def local_root(self) -> Path:
+        """The build directory, or for a build on a store ``$WIT_SCRATCH`` (else the temp folder) /
+        ``wit-build-<hash of the URL>``."""
+        if not self.remote:
+            return Path(self.build_dir)
+        digest = hashlib.sha256(self.build_dir.rstrip("/").encode()).hexdigest()[:12]
+        return Path(os.environ.get(SCRATCH_ENV) or tempfile.gettempdir()) / f"wit-build-{digest}"
+
+    def download_input(self) -> str:
         """The pairs the download stage reads: balanced when the build balances, else the filter's kept."""
-        balanced = self.path("balanced")
-        if "balance" in self.stages or (balanced / "_stats.json").is_file():
-            return balanced
-        return self.path("pairs") / "kept"
+        if "balance" in self.stages or self.folder("balanced").exists("_stats.json"):
+            return self.location("balanced")
+        return self.location("pairs", "kept")
 
 
 def build_config(data: dict[str, Any] | None = None, path: str | None = None) -> BuildConfig:

@@ -1,10 +1,14 @@
 """One plain function per stage of a build, taking the BuildConfig: the glue between the build
 directory layout and the stage libraries. The Prefect flow wraps each in a task; tests and the
 CLI can call them directly. No Prefect import here.
+
+The build directory may be on an object store (``build_dir: s3://bucket/prefix``): the data stages (crawl,
+filter, balance, eval_index, download) read and write it there from their Ray tasks; training, the overlap
+analysis and the report run on the driver in the build's local working copy (``BuildConfig.path``) and copy
+their outputs to the store when they finish.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from flows.config import BuildConfig
@@ -18,50 +22,82 @@ from pipeline.report import write_report
 from training.eval.overlap import run_overlap
 from training.train import latest_checkpoint, run_train
 
+#: Files of a build on a store the report does not copy to the driver (images; `_work` scratch); it reads the
+#: first :data:`REPORT_TARS` shards' tars for its galleries.
+REPORT_SKIP = ("*.tar", "*.lock")
+REPORT_TARS = 8
+
 
 def crawl(cfg: BuildConfig) -> dict[str, Any]:
-    return run_crawl(list(cfg.inputs), cfg.path("candidates"), cfg.crawl).to_dict()
+    return run_crawl(list(cfg.inputs), cfg.location("candidates"), cfg.crawl).to_dict()
 
 
 def filter_pairs(cfg: BuildConfig) -> dict[str, Any]:
-    return run_filter(cfg.path("candidates"), cfg.path("pairs"), cfg.filter).to_dict()
+    return run_filter(cfg.location("candidates"), cfg.location("pairs"), cfg.filter).to_dict()
 
 
 def balance(cfg: BuildConfig) -> dict[str, Any]:
-    return run_balance(cfg.path("pairs") / "kept", cfg.path("balanced"), cfg.balance).to_dict()
+    return run_balance(cfg.location("pairs", "kept"), cfg.location("balanced"), cfg.balance).to_dict()
 
 
 def eval_index(cfg: BuildConfig) -> dict[str, Any]:
-    return {name: build_eval_index(name, folder, cfg.path("eval")).to_dict()
+    return {name: build_eval_index(name, folder, cfg.location("eval")).to_dict()
             for name, folder in cfg.eval_sets.items()}
 
 
-def _eval_indexes(cfg: BuildConfig) -> dict[str, Path]:
-    indexes = {name: cfg.path("eval") / name for name in cfg.eval_sets}
-    missing = [name for name, path in indexes.items() if not (path / "index.parquet").is_file()]
+def _eval_indexes(cfg: BuildConfig) -> dict[str, str]:
+    indexes = {name: cfg.location("eval", name) for name in cfg.eval_sets}
+    missing = [name for name in indexes if not cfg.folder("eval", name).exists("index.parquet")]
     if missing:
         raise WitError(f"eval index for {', '.join(missing)} not built: run the eval_index stage first")
     return indexes
 
 
 def download(cfg: BuildConfig) -> dict[str, Any]:
-    stats = run_download(cfg.download_input(), cfg.path("shards"), cfg.download,
-                         eval_indexes=_eval_indexes(cfg), overlap_dir=cfg.path("overlap"))
+    stats = run_download(cfg.download_input(), cfg.location("shards"), cfg.download,
+                         eval_indexes=_eval_indexes(cfg), overlap_dir=cfg.location("overlap"))
     return stats.to_dict()
 
 
 def train(cfg: BuildConfig) -> dict[str, Any]:
-    """Train on the build's shards: here, under torchrun, or as a Ray job when ``train.ray_address`` is set."""
-    return run_train(cfg.path("shards"), cfg.path("train"), cfg.train).to_dict()
+    """Train on the build's shards: here, under torchrun, or as a Ray job when ``train.ray_address`` is set.
+    For a build on a store, open_clip reads the shards from there and ``train/`` is copied there after."""
+    result = run_train(cfg.location("shards"), cfg.path("train"), cfg.train).to_dict()
+    if cfg.remote:
+        cfg.folder().push(cfg.path("train"), "train")
+    return result
 
 
 def overlap(cfg: BuildConfig, checkpoint: str | None = None, model: str | None = None) -> dict[str, Any]:
     """Zero-shot accuracy on Overlap / Clean / All of each eval set; writes reports/overlap.{json,md,png}."""
+    if cfg.remote:
+        cfg.folder().get("overlap/overlap.parquet", cfg.path("overlap", "overlap.parquet"))
+        if checkpoint is None and not cfg.path("train").is_dir():
+            cfg.folder().pull("train", cfg.path("train"))
     if checkpoint is None:
         checkpoint, model = latest_checkpoint(cfg.path("train"))
-    return run_overlap(checkpoint, model, dict(cfg.eval_sets), cfg.path("overlap") / "overlap.parquet",
-                       cfg.path("reports"), cfg.overlap)
+    result = run_overlap(checkpoint, model, dict(cfg.eval_sets), cfg.path("overlap", "overlap.parquet"),
+                         cfg.path("reports"), cfg.overlap)
+    if cfg.remote:
+        cfg.folder().push(cfg.path("reports"), "reports")
+    return result
 
 
 def report(cfg: BuildConfig) -> dict[str, Any]:
-    return write_report(cfg.build_dir)
+    """``reports/stats.json``, ``stats.md`` and the dashboard. For a build on a store: made in the local working
+    copy from its files (images of the first shards only) and copied back to ``reports/``."""
+    if not cfg.remote:
+        return write_report(cfg.build_dir)
+    pull_for_report(cfg)
+    result = write_report(cfg.local_root())
+    cfg.folder().push(cfg.path("reports"), "reports")
+    return {**result, "build_dir": cfg.build_dir, "local_dir": str(cfg.local_root())}
+
+
+def pull_for_report(cfg: BuildConfig) -> None:
+    """Copy what the report reads of a build on a store into its local working copy."""
+    store, local = cfg.folder(), cfg.local_root()
+    for sub in ("candidates", "pairs", "balanced", "eval", "shards", "overlap", "train", "reports"):
+        store.pull(sub, local / sub, skip=REPORT_SKIP)
+    for name in store.names("shards", "[0-9]*.tar")[:REPORT_TARS]:
+        store.get(f"shards/{name}", local / "shards" / name)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from pipeline.core.errors import WitError
+from pipeline.core.storage import Folder
 from training.config import TrainConfig
 
 SIZES_FILE = "sizes.json"
@@ -28,17 +29,20 @@ class ShardSet:
 
 
 def read_shards(shards_dir: str | Path) -> tuple[list[str], int]:
-    """The shard file names listed in a local folder's ``sizes.json`` and their total sample count."""
-    shards_dir = Path(shards_dir)
-    sizes_path = shards_dir / SIZES_FILE
-    if not shards_dir.is_dir():
-        raise WitError(f"{shards_dir}: shards folder not found (run the download stage first)")
-    if not sizes_path.is_file():
-        raise WitError(f"{sizes_path}: not found; the shards folder needs img2dataset's sizes.json")
-    names, total = parse_sizes(sizes_path.read_text(), str(sizes_path))
-    missing = [n for n in names if not (shards_dir / n).is_file()]
+    """The shard file names listed in a shards folder's ``sizes.json`` (local or on a store) and their total
+    sample count."""
+    folder = Folder(shards_dir)
+    sizes_path = folder.loc(SIZES_FILE)
+    try:
+        text = folder.read_bytes(SIZES_FILE).decode()
+    except FileNotFoundError:
+        raise WitError(f"{sizes_path}: not found (run the download stage first; the shards folder needs "
+                       "img2dataset's sizes.json)") from None
+    names, total = parse_sizes(text, sizes_path)
+    present = set(folder.names("", "*.tar"))
+    missing = [n for n in names if n not in present]
     if missing:
-        raise WitError(f"{shards_dir / missing[0]}: listed in sizes.json but missing ({len(missing)} missing)")
+        raise WitError(f"{folder.loc(missing[0])}: listed in sizes.json but missing ({len(missing)} missing)")
     return names, total
 
 

@@ -133,7 +133,7 @@ def test_trainer_without_checkpoint_is_one_line_error(shards: Path, tmp_path: Pa
 def test_missing_shards_and_sizes(tmp_path: Path) -> None:
     with pytest.raises(WitError, match="no epoch_<n>.pt checkpoint"):
         T.latest_checkpoint(tmp_path)
-    with pytest.raises(WitError, match="shards folder not found"):
+    with pytest.raises(WitError, match="nope/sizes.json: not found .run the download stage first"):
         T.run_train(tmp_path / "nope", tmp_path / "train")
     (tmp_path / "empty").mkdir()
     with pytest.raises(WitError, match="sizes.json"):
