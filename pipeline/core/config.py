@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, NoReturn, TypeVar
 
 from pipeline.core.errors import WitError
+from pipeline.core.io import is_url
+from pipeline.core.storage import Folder
 
 C = TypeVar("C")
 BOUNDS = ("min", "max", "gt", "lt", "choices")
@@ -373,19 +375,28 @@ def config_from_args(cls: type[C], args: argparse.Namespace, base: C | None = No
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON config file into a dict, with a one-line error naming the file."""
+    """Read a YAML or JSON config file (local or URL) into a dict, with a one-line error naming the file."""
     import yaml
 
-    p = Path(path)
-    if not p.is_file():
-        raise WitError(f"{p}: config file not found")
+    p = str(path)
     try:
-        data = yaml.load(p.read_text(), Loader=_yaml_loader())
+        data = yaml.load(_config_text(p), Loader=_yaml_loader())
     except yaml.YAMLError as exc:
         raise WitError(f"{p}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise WitError(f"{p}: expected a mapping of options at the top level")
     return data
+
+
+def _config_text(path: str) -> str:
+    """The text of a config file: a local path or a URL (``wit build --config s3://.../build.yaml``)."""
+    parent, name = path.rsplit("/", 1) if is_url(path) else (str(Path(path).parent), Path(path).name)
+    try:
+        return Folder(parent).read_bytes(name).decode()
+    except (FileNotFoundError, IsADirectoryError):
+        raise WitError(f"{path}: config file not found") from None
+    except UnicodeDecodeError:
+        raise WitError(f"{path}: not a text file") from None
 
 
 @functools.cache

@@ -164,34 +164,81 @@ class Resources:
 
 
 def submit_bounded(tasks: Iterable[tuple[Callable[..., Any], Any]], resources: Resources, *shared: Any,
-                   per_slot: int = 2) -> Iterator[tuple[Any, Any]]:
+                   per_slot: int = 2, speculate: bool = False, stragglers: "Stragglers | None" = None
+                   ) -> Iterator[tuple[Any, Any]]:
     """Run ``fn(item, *shared)`` for every ``(fn, item)`` as Ray tasks, at most ``per_slot`` tasks per
     schedulable slot in flight (so a listing of 100,000 files never queues 100,000 tasks); yield
     ``(item, ObjectRef)`` as tasks finish. ``shared`` objects are put in the object store once. A task that
-    runs far longer than its finished peers is reported (:class:`Stragglers`)."""
+    runs far longer than its finished peers is reported (:class:`Stragglers`); with ``speculate`` (for tasks
+    whose outputs are a function of their input, published whole) a second copy of it is started, the first
+    copy to finish wins and the other is cancelled. ``stragglers`` sets what counts as slow."""
     import ray
 
-    remotes: dict[Callable[..., Any], Any] = {}
-    refs = [ray.put(obj) for obj in shared]
+    run = _Bounded(resources, [ray.put(obj) for obj in shared], stragglers or Stragglers())
     slots = ray.cluster_resources().get("CPU", 1) / max(resources.cpus, 1e-3)
     window = max(2, int(per_slot * slots))
-    queue, pending, watch = iter(tasks), {}, Stragglers()
+    queue = iter(tasks)
     while True:
-        while len(pending) < window and (task := next(queue, None)) is not None:
-            fn, item = task
-            if fn not in remotes:
-                remotes[fn] = ray.remote(**resources.ray_options())(fn)
-            ref = remotes[fn].remote(item, *refs)
-            pending[ref] = item
-            watch.started(ref)
-        if not pending:
+        while run.running() < window and (task := next(queue, None)) is not None:
+            run.submit(*task)
+        if not run.pending:
             return
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=watch.poll_s)
+        ready, _ = ray.wait(list(run.pending), num_returns=1, timeout=run.watch.poll_s)
         if not ready:
-            watch.report({ref: item for ref, item in pending.items()})
+            for ref in run.watch.report(run.pending):
+                if speculate:
+                    run.speculate(ref)
             continue
-        watch.finished(ready[0])
-        yield pending.pop(ready[0]), ready[0]
+        yield run.finished(ready[0]), ready[0]
+
+
+class _Bounded:
+    """The tasks of one :func:`submit_bounded` call in flight, with the second copies of stragglers."""
+
+    def __init__(self, resources: Resources, shared: list[Any], watch: "Stragglers") -> None:
+        self.resources, self.shared = resources, shared
+        self.remotes: dict[Callable[..., Any], Any] = {}
+        self.pending: dict[Any, Any] = {}  # ref -> item
+        self.fn_of: dict[Any, Callable[..., Any]] = {}
+        self.twins: dict[Any, Any] = {}  # ref -> the other copy's ref, both ways
+        self.watch = watch
+
+    def running(self) -> int:
+        return len(self.pending) - len(self.twins) // 2
+
+    def submit(self, fn: Callable[..., Any], item: Any) -> Any:
+        if fn not in self.remotes:
+            import ray
+
+            self.remotes[fn] = ray.remote(**self.resources.ray_options())(fn)
+        ref = self.remotes[fn].remote(item, *self.shared)
+        self.pending[ref], self.fn_of[ref] = item, fn
+        self.watch.started(ref)
+        return ref
+
+    def speculate(self, ref: Any) -> None:
+        """Start a second copy of the straggler ``ref`` (once)."""
+        if ref in self.twins:
+            return
+        twin = self.submit(self.fn_of[ref], self.pending[ref])
+        self.watch.reported.add(twin)
+        self.twins[ref], self.twins[twin] = twin, ref
+        log.warning("%s: started a second copy of the slow task; the first to finish is kept", self.pending[ref])
+
+    def finished(self, ref: Any) -> Any:
+        """The item of the finished ``ref``; its twin, if any, is cancelled and forgotten."""
+        import ray
+
+        self.watch.finished(ref)
+        self.fn_of.pop(ref)
+        twin = self.twins.pop(ref, None)
+        if twin is not None:
+            self.twins.pop(twin)
+            self.pending.pop(twin)
+            self.fn_of.pop(twin)
+            self.watch.start.pop(twin, None)
+            ray.cancel(twin)
+        return self.pending.pop(ref)
 
 
 class Stragglers:
@@ -220,11 +267,11 @@ class Stragglers:
         return [(key, now - t0) for key, t0 in self.start.items() if now - t0 > limit and key not in self.reported]
 
     def report(self, names: Mapping[Any, Any]) -> list[Any]:
-        """Log the new stragglers (named by ``names``); return their names."""
+        """Log the new stragglers (named by ``names``); return their keys."""
         found = self.slow()
         median = statistics.median(self.durations) if self.durations else 0.0
         for key, seconds in found:
             self.reported.add(key)
             log.warning("%s: running %.0f s, %.1fx the median %.0f s of finished tasks (a slow node or a large "
                         "part?)", names.get(key, key), seconds, seconds / max(median, 1e-9), median)
-        return [names.get(key, key) for key, _ in found]
+        return [key for key, _ in found]
