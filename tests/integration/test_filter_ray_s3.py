@@ -15,8 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from s3server import s3_server
 
+from pipeline.core.errors import WitError
+from pipeline.core.executor import ray_session
 from pipeline.core.storage import Folder
-from pipeline.filter.stage import WORK_DIR, FilterConfig, run_filter
+from pipeline.filter.exact_dedup import ShufflePlan, map_part
+from pipeline.filter.stage import WORK_DIR, FilterConfig, map_resources, run_filter, run_tasks
 
 pytestmark = pytest.mark.timeout(300)
 BUCKET = "wit-filter"
@@ -104,3 +107,11 @@ def test_filter_on_ray_with_s3_output_equals_the_local_run(s3: tuple[Any, Path],
     resumed = run_filter(f"{S3}/in/", out.location, CFG)
     assert resumed.extra["skipped_parts"] == N_PARTS - 2 and resumed.to_dict()["dropped"] == stats.to_dict()["dropped"]
     assert rows(out) == expected and not modified(client, f"out/{WORK_DIR}/")
+
+
+def test_a_tasks_wit_error_is_one_line_on_ray(s3: tuple[Any, Path], tmp_path: Path) -> None:
+    part = sorted(s3[1].glob("*.parquet"))[0]
+    plan = ShufflePlan(str(tmp_path / "work"), (0,), (99,), (0,), 2, frozenset({0}))  # a footer said 99 rows
+    with ray_session(None, 1):
+        with pytest.raises(WitError, match=r"part-0.parquet: 63 rows, its footer said 99 \(changed during the run\?\)$"):
+            list(run_tasks(map_part, [(0, part)], map_resources(CFG), (plan,), on_ray=True))
