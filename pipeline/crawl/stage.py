@@ -90,8 +90,8 @@ RESOURCES = Resources(cpus=1, memory_mb=1024)  # one archive streamed at a time;
 
 
 def crawl_on_ray(jobs: list[tuple[str, str, str]], cfg: CrawlConfig) -> list[str]:
-    """Crawl ``(source, output folder, run key)`` jobs as Ray tasks; return the failure messages. A worker that dies (e.g.
-    killed for memory) fails its archive once Ray's retries are spent, and the crawl goes on."""
+    """Crawl ``(source, output folder, run key)`` jobs as Ray tasks; return the failure messages. A worker that
+    dies (e.g. killed for memory) fails its archive once Ray's retries are spent, and the crawl goes on."""
     import ray
 
     failed: list[str] = []
