@@ -1,12 +1,15 @@
 """The ``crawl`` stage: web archives (WARC HTML responses, WAT metadata) -> image/alt-text candidates.
 
-:func:`run_crawl` writes one parquet part per input archive and ``_stats.json``, skipping archives already
-done with the same run key, crawling in this process or on Ray; :func:`crawl_file` does one archive:
+:func:`run_crawl` writes one parquet part per input archive and ``_stats.json`` into its output folder (a local
+path or an fsspec URL, :class:`pipeline.core.storage.Folder`), skipping archives already done with the same run
+key, crawling in this process or on Ray; :func:`crawl_job` crawls one archive into a node-local staging folder
+and publishes the part, then its ``_parts/`` sidecar (the commit marker); :func:`crawl_file` does one archive:
 records (:mod:`.archive`) -> images (:mod:`.extract`, :mod:`.columns`) -> part (:mod:`.writer`).
 See ``docs/crawl.md``.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -21,6 +24,7 @@ from pipeline.core.io import atomic_path, clean_tmp
 from pipeline.core.lock import locked
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
 from pipeline.core.stats import StageStats
+from pipeline.core.storage import Folder
 from pipeline.crawl.archive import CorruptArchive, Record, guarded, record_kind, records
 from pipeline.crawl.body import http_body
 from pipeline.crawl.columns import ImageColumns, decode_wat, wat_columns
@@ -45,13 +49,10 @@ def run_crawl(inputs: list[str], out_dir: str | Path, cfg: CrawlConfig = CrawlCo
     sources = expand_inputs(inputs, cfg.paths_prefix)
     if cfg.max_inputs:
         sources = sources[:cfg.max_inputs]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    clean_tmp(out)
-    clean_tmp(out / PARTS_DIR)
+    out = _prepare(out_dir)
     store = PartStore(out, STAGE)
     keys = {src: part_key(src, cfg) for src in sources}  # one look at each input (a HEAD request for a URL)
-    todo = [(src, str(out / part_name(src)), keys[src]) for src in sources if not is_done(store, src, keys[src])]
+    todo = [(src, out.location, keys[src]) for src in sources if not is_done(store, src, keys[src])]
     if use_ray(cfg, len(todo)):
         failed = crawl_on_ray(todo, cfg)
     else:
@@ -64,6 +65,22 @@ def run_crawl(inputs: list[str], out_dir: str | Path, cfg: CrawlConfig = CrawlCo
     return stats
 
 
+def _prepare(out_dir: str | os.PathLike) -> Folder:
+    """The output folder, made (local) and rid of a killed run's temporary files (a store has none: its
+    tasks stage on their node)."""
+    out = Folder(out_dir).ensure()
+    if not out.remote:
+        clean_tmp(out.path)
+        clean_tmp(out.path / PARTS_DIR)
+    return out
+
+
+def worker_env() -> dict[str, str]:
+    """The Ray workers' environment: telemetry off, and this process's ``AWS_*`` variables (endpoint,
+    credentials, region), so that tasks reach the object store the driver reaches."""
+    return {**QUIET_ENV, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
+
+
 def use_ray(cfg: CrawlConfig, n_todo: int) -> bool:
     """Crawl on Ray when there are at least ``ray_min_files`` archives to do and more than one worker."""
     return n_todo > 0 and cfg.workers != 1 and n_todo >= cfg.ray_min_files
@@ -73,12 +90,12 @@ RESOURCES = Resources(cpus=1, memory_mb=1024)  # one archive streamed at a time;
 
 
 def crawl_on_ray(jobs: list[tuple[str, str, str]], cfg: CrawlConfig) -> list[str]:
-    """Crawl ``(source, part, run key)`` jobs as Ray tasks; return the failure messages. A worker that dies (e.g.
-    killed for memory) fails its archive once Ray's retries are spent, and the crawl goes on."""
+    """Crawl ``(source, output folder, run key)`` jobs as Ray tasks; return the failure messages. A worker that
+    dies (e.g. killed for memory) fails its archive once Ray's retries are spent, and the crawl goes on."""
     import ray
 
     failed: list[str] = []
-    with ray_session(cfg.ray_address, cfg.workers, QUIET_ENV):
+    with ray_session(cfg.ray_address, cfg.workers, worker_env()):
         done = submit_bounded(((_crawl_task, job) for job in jobs), RESOURCES, cfg)
         for (source, *_), ref in _progress(done, cfg, total=len(jobs)):
             try:
@@ -94,10 +111,13 @@ def _crawl_task(job: tuple[str, str, str], cfg: CrawlConfig) -> str | None:
     return crawl_job(*job, cfg)
 
 
-def crawl_job(source: str, part: str, key: str, cfg: CrawlConfig) -> str | None:
-    """Crawl one archive into ``part``; the one-line reason when the archive is unreadable, else None."""
+def crawl_job(source: str, out: str, key: str, cfg: CrawlConfig) -> str | None:
+    """Crawl one archive into its part of the folder ``out`` (a path or URL: a task rebuilds the
+    :class:`Folder`), staged on this node and published part first, sidecar last; the one-line reason when the
+    archive is unreadable (nothing published), else None."""
     try:
-        crawl_file(source, Path(part), cfg, key)
+        with Folder(out).staging() as tmp:
+            crawl_file(source, tmp / part_name(source), cfg, key)
     except CorruptArchive as exc:
         return str(exc)
     return None

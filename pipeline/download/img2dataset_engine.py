@@ -41,7 +41,7 @@ from pipeline.download.shard import SHARD_DIGITS, done_shards, shard_name
 from pipeline.core.errors import WitError
 from pipeline.core.env import QUIET_ENV, set_quiet_env
 from pipeline.core.executor import ray_session
-from pipeline.core.io import InputSpec, Part, clean_tmp, open_parquet, part_folder, write_json, write_parquet
+from pipeline.core.io import InputSpec, Part, clean_tmp, is_url, open_parquet, part_folder, write_json, write_parquet
 from pipeline.core.stats import StageStats
 
 log = logging.getLogger(__name__)
@@ -455,6 +455,8 @@ def run_img2dataset_download(input_dir: str | os.PathLike, shards_dir: str | os.
     cfg = cfg or Img2datasetConfig()
     cfg.validate()
     set_quiet_env()
+    if is_url(str(shards_dir)) or is_url(str(overlap_dir or "")):
+        raise WitError(f"{shards_dir}: the img2dataset engine writes local folders only (engine wit writes to stores)")
     shards_dir = Path(shards_dir)
     overlap_dir = Path(overlap_dir) if overlap_dir is not None else shards_dir.parent / "overlap"
     indexes = {name: load_hash_index(path) for name, path in (eval_indexes or {}).items()}

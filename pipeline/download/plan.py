@@ -1,4 +1,5 @@
-"""The download plan: the input pairs staged once as ``shards_dir/_input/urls.parquet``, one row group per shard.
+"""The download plan: the input pairs staged once as ``shards_dir/_input/urls.parquet``, one row group per shard,
+with ``_input/plan.json`` (written after it) in the shards folder, local or on a store (:class:`Folder`).
 
 The input parts are streamed (never all in memory) into ``url``, ``caption`` and the ``keep_columns``
 present in any part; row group N holds the rows of shard N, so a worker reads exactly its shard and a
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import shutil
 import json
 import logging
 import math
@@ -23,8 +23,9 @@ from pipeline.download.config import DownloadConfig, ShardShaping
 from pipeline.download.shard import done_shards
 from pipeline.core.errors import WitError
 from pipeline.core.io import (InputSpec, Part, RemotePart, atomic_path, open_parquet, parquet_inputs, part_folder,
-                              part_name, read_json, read_schema, write_json)
+                              part_name, read_schema)
 from pipeline.core.parts import file_identity
+from pipeline.core.storage import Folder
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,9 @@ BATCH_ROWS = 1 << 16
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """What a shards folder is built from: the staged URL list and its shard layout."""
+    """What a shards folder is built from: the staged URL list (its path or URL) and its shard layout."""
 
-    urls_file: Path
+    urls_file: str
     inputs: int
     per_shard: int
 
@@ -129,69 +130,74 @@ def stage_urls(files: list[Part], schema: pa.Schema, out: Path, per_shard: int) 
     return total
 
 
-def load_plan_record(shards_dir: Path, digest: str) -> dict[str, Any] | None:
+def load_plan_record(shards_dir: Folder | Path, digest: str) -> dict[str, Any] | None:
     """The stored ``plan.json`` of ``shards_dir`` if it was made with fingerprint ``digest`` and its URL
     list is still there."""
-    plan_file = shards_dir / PLAN_DIR / PLAN_FILE
-    if not plan_file.is_file():
+    shards = Folder(shards_dir)
+    if not shards.exists(f"{PLAN_DIR}/{PLAN_FILE}"):
         return None
-    d = read_json(plan_file)
-    if d.get("fingerprint") != digest or not (shards_dir / PLAN_DIR / URLS_FILE).is_file():
+    d = shards.read_json(f"{PLAN_DIR}/{PLAN_FILE}")
+    if d.get("fingerprint") != digest or not shards.exists(f"{PLAN_DIR}/{URLS_FILE}"):
         return None
     return d
 
 
-def _has_shards(shards_dir: Path) -> bool:
-    return bool(done_shards(shards_dir)) or any(p.stem.isdigit() for p in shards_dir.glob("*.tar"))
+def _has_shards(shards: Folder) -> bool:
+    return bool(done_shards(shards)) or any(n.split(".")[0].isdigit() for n in shards.names(pattern="*.tar"))
 
 
-def open_plan(input_dir: InputSpec, shards_dir: Path, cfg: ShardShaping
+def open_plan(input_dir: InputSpec, shards_dir: Folder | Path, cfg: ShardShaping
               ) -> tuple[list[Part], str, dict[str, Any] | None]:
     """``(input parts, fingerprint, record of an earlier run's plan to reuse or None)`` (either engine).
 
     A folder that holds shards but no plan for this input and these options is refused."""
+    shards = Folder(shards_dir)
     files = input_files(input_dir)
     digest = fingerprint(files, cfg)
-    record = load_plan_record(shards_dir, digest)
+    record = load_plan_record(shards, digest)
     if record is not None:
-        log.info("%s: reusing the download plan of an earlier run", shards_dir)
-    elif _has_shards(shards_dir):
-        log.warning("%s: shards built from other input or options (%s): rebuilding them", shards_dir,
-                    _changes(shards_dir, cfg))
-        clear_shards(shards_dir)
+        log.info("%s: reusing the download plan of an earlier run", shards)
+    elif _has_shards(shards):
+        log.warning("%s: shards built from other input or options (%s): rebuilding them", shards,
+                    _changes(shards, cfg))
+        clear_shards(shards)
     return files, digest, record
 
 
-def _changes(shards_dir: Path, cfg: ShardShaping) -> str:
+def _changes(shards: Folder, cfg: ShardShaping) -> str:
     """``name: old -> new`` for each output option that differs from the stored plan's, else 'input changed'."""
-    plan_file = shards_dir / PLAN_DIR / PLAN_FILE
-    old = read_json(plan_file).get("options", {}) if plan_file.is_file() else {}
+    plan_file = f"{PLAN_DIR}/{PLAN_FILE}"
+    old = shards.read_json(plan_file).get("options", {}) if shards.exists(plan_file) else {}
     new = json.loads(json.dumps(cfg.shard_options(), default=str))
     changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in sorted(new.items()) if k in old and old[k] != v]
     return ", ".join(changed) or "input or options changed"
 
 
-def clear_shards(shards_dir: Path) -> None:
+def clear_shards(shards_dir: Folder | Path) -> None:
     """Remove a shard folder's shards, their stats, eval overlap rows and plan (not other files)."""
-    for path in shards_dir.iterdir():
-        stem = path.name.split(".")[0].split("_")[0]
-        if path.is_file() and (stem.isdigit() or path.name in ("sizes.json", "_stats.json")):
-            path.unlink()
+    shards = Folder(shards_dir)
+    for name in shards.names():
+        stem = name.split(".")[0].split("_")[0]
+        if stem.isdigit() or name in ("sizes.json", "_stats.json"):
+            shards.remove(name)
     for sub in (PLAN_DIR, "_overlap"):
-        shutil.rmtree(shards_dir / sub, ignore_errors=True)
+        shards.remove(sub, recursive=True)
 
 
-def save_plan_record(shards_dir: Path, digest: str, record: dict[str, Any]) -> None:
+def save_plan_record(shards_dir: Folder | Path, digest: str, record: dict[str, Any]) -> None:
     """Write ``plan.json``: the fingerprint and ``record`` (what :func:`load_plan_record` gives back)."""
-    write_json(shards_dir / PLAN_DIR / PLAN_FILE, {"fingerprint": digest, **record})
+    Folder(shards_dir).write_json(f"{PLAN_DIR}/{PLAN_FILE}", {"fingerprint": digest, **record})
 
 
-def make_plan(input_dir: InputSpec, shards_dir: Path, cfg: DownloadConfig) -> Plan:
-    """Stage the input URLs (or reuse the plan of an earlier run on the same input and options)."""
-    files, digest, record = open_plan(input_dir, shards_dir, cfg)
-    urls = shards_dir / PLAN_DIR / URLS_FILE
+def make_plan(input_dir: InputSpec, shards_dir: Folder | Path, cfg: DownloadConfig) -> Plan:
+    """Stage the input URLs (or reuse the plan of an earlier run on the same input and options): the URL list
+    is written locally and published, then ``plan.json`` (which vouches for it)."""
+    shards = Folder(shards_dir).ensure()
+    files, digest, record = open_plan(input_dir, shards, cfg)
     if record is None:
-        inputs = stage_urls(files, staged_schema(files, cfg.keep_columns), urls, cfg.number_sample_per_shard)
+        with shards.staging() as tmp:
+            inputs = stage_urls(files, staged_schema(files, cfg.keep_columns), tmp / PLAN_DIR / URLS_FILE,
+                                cfg.number_sample_per_shard)
         record = {"inputs": inputs, "per_shard": cfg.number_sample_per_shard, "options": cfg.shard_options()}
-        save_plan_record(shards_dir, digest, record)
-    return Plan(urls, record["inputs"], record["per_shard"])
+        save_plan_record(shards, digest, record)
+    return Plan(shards.loc(f"{PLAN_DIR}/{URLS_FILE}"), record["inputs"], record["per_shard"])

@@ -1,10 +1,15 @@
 """One shard, in one Ray task: fetch, decode once, hash, match eval sets, resize, write, commit.
 
-:func:`download_shard` writes img2dataset's shard contract into a staging folder and commits it atomically;
-:func:`recover` cleans up after a killed run, :func:`retry_shard` re-fetches retryable failures.
-Shard layout and commit protocol: docs/download.md ("One shard")."""
+:func:`download_shard` reads its row group of the staged URL list and writes img2dataset's shard contract into a
+staging folder on its node, then commits it into the shards folder (a :class:`pipeline.core.storage.Folder`,
+local or on an object store): tar, parquet, overlap rows, ``<shard>_stats.json`` last (the marker). On a local
+disk the commit is a ``COMMIT`` file and renames that :func:`recover` finishes after a killed run; on a store
+the files are uploaded in that order, and files without their marker are simply rebuilt.
+:func:`retry_shard` re-fetches retryable failures. Shard layout and commit protocol: docs/download.md
+("One shard")."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -13,11 +18,12 @@ import math
 import os
 import shutil
 import tarfile
+import tempfile
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,7 +35,8 @@ from pipeline.download.config import DownloadConfig
 from pipeline.download.image import ImageProcessor
 from pipeline.download.fetch import Fetched, map_unordered, new_fetcher
 from pipeline.download.reasons import Dropped, is_retryable
-from pipeline.core.io import write_json, write_parquet
+from pipeline.core.io import Part, open_parquet, write_json, write_parquet
+from pipeline.core.storage import SCRATCH_ENV, Folder
 
 SHARD_DIGITS = 5  # img2dataset's oom_shard_count: shard names 00000..99999
 WORK_DIR = "_work"
@@ -50,20 +57,43 @@ def shard_name(shard_id: int) -> str:
     return f"{shard_id:0{SHARD_DIGITS}d}"
 
 
-def stats_path(shards_dir: Path, shard_id: int) -> Path:
-    return shards_dir / f"{shard_name(shard_id)}_stats.json"
+def stats_name(shard_id: int) -> str:
+    """The shard's commit marker, inside the shards folder."""
+    return f"{shard_name(shard_id)}_stats.json"
 
 
-def overlap_path(shards_dir: Path, shard_id: int) -> Path:
-    return shards_dir / OVERLAP_DIR / f"{shard_name(shard_id)}.parquet"
+def overlap_name(shard_id: int) -> str:
+    return f"{OVERLAP_DIR}/{shard_name(shard_id)}.parquet"
+
+
+def part_at(location: str) -> Part:
+    """The input part (local path or fsspec object) of the file at ``location``."""
+    folder, _, name = location.rpartition("/")
+    return Folder(folder).part(name)
+
+
+def read_table(folder: Folder, name: str, columns: list[str] | None = None) -> pa.Table:
+    """The parquet file ``name`` of ``folder`` (local or on a store)."""
+    with open_parquet(folder.part(name)) as reader:
+        return reader.read(columns=columns)
+
+
+def write_table(folder: Folder, name: str, table: pa.Table) -> None:
+    """Write a (small) parquet file into ``folder``: atomically on a disk, one PUT on a store."""
+    if not folder.remote:
+        write_parquet(table, folder.loc(name))
+        return
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    folder.write_bytes(name, sink.getvalue().to_pybytes())
 
 
 @dataclasses.dataclass(frozen=True)
 class ShardJob:
     """Everything a shard task needs (pickled to the Ray worker)."""
 
-    shards_dir: str
-    urls_file: str
+    shards_dir: str  # a path or URL (a task rebuilds the Folder)
+    urls_file: str  # the path or URL of the staged URL list
     shard_id: int
     per_shard: int
     cfg: DownloadConfig
@@ -74,8 +104,8 @@ class ShardJob:
         return shard_name(self.shard_id)
 
     @property
-    def folder(self) -> Path:
-        return Path(self.shards_dir)
+    def folder(self) -> Folder:
+        return Folder(self.shards_dir)
 
     def key(self, index: int) -> str:
         """img2dataset's key: shard id then the row's index in the shard, zero-padded."""
@@ -94,15 +124,16 @@ def shard_overlap(table: pa.Table, indexes: dict[str, RobustIndex], cfg: MatchCo
     return matches.append_column("url", pa.array([url_of[k] for k in matches["key"].to_pylist()], pa.string()))
 
 
-def write_overlap(table: pa.Table, path: Path, eval_fingerprint: str) -> None:
-    write_parquet(table.replace_schema_metadata({"eval_fingerprint": eval_fingerprint}), path)
+def fingerprinted(table: pa.Table, eval_fingerprint: str) -> pa.Table:
+    """Overlap rows marked with the eval indexes and thresholds they were matched with."""
+    return table.replace_schema_metadata({"eval_fingerprint": eval_fingerprint})
 
 
-def read_overlap(path: Path, eval_fingerprint: str) -> pa.Table | None:
+def read_overlap(folder: Folder, shard_id: int, eval_fingerprint: str) -> pa.Table | None:
     """The overlap rows stored for a shard, or None when missing or matched against other eval indexes."""
-    if not path.is_file():
+    if not folder.exists(overlap_name(shard_id)):
         return None
-    table = pq.read_table(path)
+    table = read_table(folder, overlap_name(shard_id))
     stored = (table.schema.metadata or {}).get(b"eval_fingerprint", b"").decode()
     return table.replace_schema_metadata(None) if stored == eval_fingerprint else None
 
@@ -218,7 +249,8 @@ class ShardBuilder:
         table = pa.Table.from_pylist(sorted(self.rows, key=lambda r: r["key"]), schema=schema)
         write_parquet(table, self.staging / f"{self.job.name}.parquet")
         overlap = shard_overlap(table, self.indexes, self.cfg.match_config())
-        write_overlap(overlap, self.staging / f"{self.job.name}.overlap.parquet", self.job.eval_fingerprint)
+        write_parquet(fingerprinted(overlap, self.job.eval_fingerprint),
+                      self.staging / f"{self.job.name}.overlap.parquet")
         stats = shard_stats(table, started, attempts=self.attempts, **extra)
         stats["bytes"] = (self.staging / f"{self.job.name}.tar").stat().st_size
         write_json(self.staging / f"{self.job.name}_stats.json", stats)
@@ -260,77 +292,99 @@ def worker_node() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
-def _staging(job: ShardJob) -> Path:
-    path = job.folder / WORK_DIR / f"{job.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    path.mkdir(parents=True)
-    return path
+@contextlib.contextmanager
+def _staging(job: ShardJob) -> Iterator[Path]:
+    """A private folder to build the shard in, removed afterwards: ``_work/<shard>-<token>/`` in a local shards
+    folder (renames commit it), a temporary folder on this node (``$WIT_SCRATCH``) for a store."""
+    if job.folder.remote:
+        scratch = os.environ.get(SCRATCH_ENV) or None
+        if scratch:
+            Path(scratch).mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=f"{job.name}-", dir=scratch))
+    else:
+        path = job.folder.path / WORK_DIR / f"{job.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def shard_rows(job: ShardJob) -> pa.Table:
+    """The shard's row group of the staged URL list (ranged reads on a store)."""
+    with open_parquet(part_at(job.urls_file)) as reader:
+        return reader.read_row_group(job.shard_id)
 
 
 def download_shard(job: ShardJob, indexes: dict[str, RobustIndex]) -> dict[str, Any]:
-    """Build and commit shard ``job.shard_id`` from its row group of the staged URL list; return its stats."""
+    """Build and commit shard ``job.shard_id`` from its row group of the staged URL list; return its stats.
+    A re-run (Ray's retry, maybe on another node) rebuilds the whole shard and overwrites what a killed attempt
+    left without its marker."""
     started = time.time()
-    rows = pq.ParquetFile(job.urls_file).read_row_group(job.shard_id)
+    rows = shard_rows(job)
     metas = [{**r, "key": job.key(i)} for i, r in enumerate(rows.to_pylist())]
-    staging = _staging(job)
-    try:
+    with _staging(job) as staging:
         builder = ShardBuilder(job, indexes, staging, "caption" in rows.column_names)
         _fetch_into(builder, metas)
         stats = builder.finish(shard_schema(rows.schema), started, {"retried": 0, "node": worker_node()})
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    commit(staging, job.folder, job.shard_id)
+        commit(staging, job.folder, job.shard_id)
     return stats
+
+
+def _local_tar(folder: Folder, name: str, staging: Path) -> Path:
+    """A finished shard's tar to read: in place on a disk, copied into ``staging`` from a store."""
+    return folder.get(name, staging / f"previous-{name}") if folder.remote else folder.path / name
 
 
 def retry_shard(job: ShardJob, indexes: dict[str, RobustIndex]) -> dict[str, Any]:
     """Re-fetch the retryable failures of finished shard ``job.shard_id`` and commit the merged shard."""
     started = time.time()
-    base = job.folder / job.name
-    table = pq.read_table(base.with_suffix(".parquet"))
+    folder = job.folder
+    table = read_table(folder, f"{job.name}.parquet")
     redo = {r["key"] for r in table.select(["key", "status", "reason"]).to_pylist()
             if r["status"] != "success" and is_retryable(r["reason"])}
     if not redo:
-        return json.loads(stats_path(job.folder, job.shard_id).read_text())
+        return folder.read_json(stats_name(job.shard_id))
     rows = table.to_pylist()
-    staging = _staging(job)
-    try:
+    with _staging(job) as staging:
         builder = ShardBuilder(job, indexes, staging, "caption" in table.column_names)
-        for key, members in read_tar_samples(base.with_suffix(".tar")):
+        for key, members in read_tar_samples(_local_tar(folder, f"{job.name}.tar", staging)):
             if key not in redo:
                 builder.tar.write_raw(key, members)
         builder.rows = [r for r in rows if r["key"] not in redo]
         metas = [{k: v for k, v in r.items() if k not in RESULT_FIELDS} for r in rows if r["key"] in redo]
         _fetch_into(builder, metas)
         stats = builder.finish(table.schema, started, {"retried": len(redo), "node": worker_node()})
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    commit(staging, job.folder, job.shard_id)
+        commit(staging, folder, job.shard_id)
     return stats
 
 
 # ---------------------------------------------------------------- commit and recovery
 
-def _targets(staging: Path, shards_dir: Path) -> list[tuple[Path, Path]]:
-    """(staged file, final path) in commit order: tar, parquet, overlap, stats last."""
+def _targets(staging: Path) -> list[tuple[Path, str]]:
+    """(staged file, name in the shards folder) in commit order: tar, parquet, overlap, stats last."""
     name = staging.name.split("-", 1)[0]
-    return [(staging / f"{name}.tar", shards_dir / f"{name}.tar"),
-            (staging / f"{name}.parquet", shards_dir / f"{name}.parquet"),
-            (staging / f"{name}.overlap.parquet", shards_dir / OVERLAP_DIR / f"{name}.parquet"),
-            (staging / f"{name}_stats.json", shards_dir / f"{name}_stats.json")]
+    return [(staging / f"{name}.tar", f"{name}.tar"), (staging / f"{name}.parquet", f"{name}.parquet"),
+            (staging / f"{name}.overlap.parquet", f"{OVERLAP_DIR}/{name}.parquet"),
+            (staging / f"{name}_stats.json", f"{name}_stats.json")]
 
 
 def _roll_forward(staging: Path, shards_dir: Path) -> None:
     (shards_dir / OVERLAP_DIR).mkdir(exist_ok=True)
-    for src, dst in _targets(staging, shards_dir):
+    for src, name in _targets(staging):
         if src.exists():
-            os.replace(src, dst)
+            os.replace(src, shards_dir / name)
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def commit(staging: Path, shards_dir: Path, shard_id: int) -> None:
-    """Make a staged shard final (see docs/download.md); stale staging of the same shard is dropped first."""
+def commit(staging: Path, folder: Folder, shard_id: int) -> None:
+    """Make a staged shard final (see docs/download.md). On a disk: stale staging of the same shard is dropped,
+    a ``COMMIT`` file written, then the files renamed; on a store: the files uploaded, the marker last."""
+    if folder.remote:
+        for src, name in _targets(staging):
+            folder.put(src, name)
+        return
+    shards_dir = folder.path
     for other in (shards_dir / WORK_DIR).glob(f"{shard_name(shard_id)}-*"):
         if other != staging:
             shutil.rmtree(other, ignore_errors=True)
@@ -338,36 +392,40 @@ def commit(staging: Path, shards_dir: Path, shard_id: int) -> None:
     _roll_forward(staging, shards_dir)
 
 
-def recover(shards_dir: Path) -> int:
-    """Finish committed staging folders of a killed run, delete uncommitted ones; return how many were finished."""
-    work = shards_dir / WORK_DIR
+def recover(shards: Folder | Path) -> int:
+    """Finish committed staging folders of a killed run, delete uncommitted ones; return how many were finished.
+    A store has nothing to finish: a shard's files without its marker are rebuilt by the next run."""
+    folder = Folder(shards)
+    if folder.remote:
+        return 0
+    work = folder.path / WORK_DIR
     finished = 0
     for staging in sorted(work.iterdir()) if work.is_dir() else []:
         if (staging / COMMIT).is_file():
-            _roll_forward(staging, shards_dir)
+            _roll_forward(staging, folder.path)
             finished += 1
         else:
             shutil.rmtree(staging, ignore_errors=True)
     return finished
 
 
-def done_shards(shards_dir: Path) -> set[int]:
+def done_shards(shards: Folder | Path) -> set[int]:
     """Shard ids whose commit finished (``<shard>_stats.json`` is written last)."""
-    return {int(p.name.split("_")[0]) for p in shards_dir.glob("*_stats.json") if p.name.split("_")[0].isdigit()}
+    stems = (name.split("_")[0] for name in Folder(shards).names(pattern="*_stats.json"))
+    return {int(stem) for stem in stems if stem.isdigit()}
 
 
-def remove_shard(shards_dir: Path, shard_id: int) -> None:
+def remove_shard(shards: Folder | Path, shard_id: int) -> None:
     """Delete whatever a failed shard left in place (its stats file is never among it)."""
-    for path in (shards_dir / f"{shard_name(shard_id)}.tar", shards_dir / f"{shard_name(shard_id)}.parquet",
-                 overlap_path(shards_dir, shard_id)):
-        path.unlink(missing_ok=True)
+    folder = Folder(shards)
+    for name in (f"{shard_name(shard_id)}.tar", f"{shard_name(shard_id)}.parquet", overlap_name(shard_id)):
+        folder.remove(name)
 
 
-def overlap_from_parquet(shards_dir: Path, shard_id: int, indexes: dict[str, RobustIndex], cfg: MatchConfig,
+def overlap_from_parquet(folder: Folder, shard_id: int, indexes: dict[str, RobustIndex], cfg: MatchConfig,
                          eval_fingerprint: str) -> pa.Table:
     """Re-match a finished shard (its stored hashes) against the current eval indexes and store the rows."""
-    table = pq.read_table(shards_dir / f"{shard_name(shard_id)}.parquet", columns=MATCH_INPUT_SCHEMA.names)
+    table = read_table(folder, f"{shard_name(shard_id)}.parquet", columns=MATCH_INPUT_SCHEMA.names)
     overlap = shard_overlap(table, indexes, cfg)
-    write_overlap(overlap, overlap_path(shards_dir, shard_id), eval_fingerprint)
+    write_table(folder, overlap_name(shard_id), fingerprinted(overlap, eval_fingerprint))
     return overlap
-

@@ -2,6 +2,8 @@
 
 Entry point: ``run_download(input_dir, shards_dir, cfg, eval_indexes, overlap_dir)`` (``wit download``):
 recover, plan, one Ray task per unfinished shard, then ``overlap.parquet``, ``sizes.json`` and ``_stats.json``.
+``shards_dir``, ``overlap_dir`` and the eval indexes are local paths or fsspec URLs (:class:`Folder`): shard
+tasks read their rows from and commit into the shards folder, so a cluster's nodes need share no disk.
 Steps, outputs and guarantees: docs/download.md."""
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,14 +26,16 @@ from pipeline.download.img2dataset_engine import Img2datasetConfig, run_img2data
 from pipeline.download.plan import Plan, make_plan
 from pipeline.download.reasons import error_reason, is_retryable
 from pipeline.download.shard import (OVERLAP_SCHEMA, ShardJob, done_shards, download_shard, overlap_from_parquet,
-                                     overlap_path, read_overlap, recover, remove_shard, retry_shard, shard_name,
-                                     stats_path)
-from pipeline.core.io import clean_tmp, read_json, write_json, write_parquet
-from pipeline.core.env import set_quiet_env
+                                     read_overlap, recover, remove_shard, retry_shard, shard_name, stats_name,
+                                     write_table)
+from pipeline.core.errors import WitError
+from pipeline.core.io import clean_tmp, is_url
+from pipeline.core.env import QUIET_ENV, set_quiet_env
 from pipeline.core.executor import Resources, ray_session, submit_bounded
 from pipeline.core.parts import progress
 from pipeline.core.stats import StageStats
 from pipeline.core.lock import locked
+from pipeline.core.storage import Folder
 
 __all__ = ["DownloadConfig", "run_download", "error_reason"]
 
@@ -73,14 +78,49 @@ def _result(ray: Any, ref: Any, shard_id: int, cfg: DownloadConfig) -> dict[str,
         return None
 
 
+def worker_env() -> dict[str, str]:
+    """The Ray workers' environment for a shards folder on a store: telemetry off, and this process's
+    ``AWS_*`` variables (endpoint, credentials, region), so that tasks reach the store the driver reaches."""
+    return {**QUIET_ENV, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
+
+
 # ---------------------------------------------------------------- driver
 
-def eval_fingerprint(eval_indexes: dict[str, Path], cfg: DownloadConfig) -> str:
+def index_file(location: str | os.PathLike) -> tuple[Folder, str]:
+    """``(folder, file name)`` of an eval index given as its folder (``index.parquet`` inside) or its file,
+    a local path or a URL (a URL not ending in ``.parquet`` is a folder)."""
+    text = str(location).rstrip("/")
+    folder_given = not text.endswith(".parquet") if is_url(text) else Path(text).is_dir()
+    if folder_given:
+        return Folder(text), INDEX_FILE
+    parent, _, name = text.rpartition("/")
+    return Folder(parent or "."), name
+
+
+def load_indexes(eval_indexes: dict[str, str | os.PathLike], cfg: DownloadConfig) -> dict[str, RobustIndex]:
+    """The eval indexes, read on the driver (a remote one through a local copy); tasks get them as shared
+    objects."""
+    indexes = {}
+    for name, location in eval_indexes.items():
+        folder, file = index_file(location)
+        if not folder.remote:
+            indexes[name] = load_robust_index(Path(location), cfg.max_distance)
+            continue
+        with tempfile.TemporaryDirectory(prefix="wit-eval-") as tmp:
+            try:
+                local = folder.get(file, Path(tmp) / INDEX_FILE)
+            except FileNotFoundError:
+                raise WitError(f"{folder.loc(file)}: eval index '{name}' not found") from None
+            indexes[name] = load_robust_index(local, cfg.max_distance)
+    return indexes
+
+
+def eval_fingerprint(eval_indexes: dict[str, str | os.PathLike], cfg: DownloadConfig) -> str:
     """Identifies the eval indexes (file bytes) and thresholds the stored overlap rows were computed with."""
     digest = hashlib.sha256(f"max_distance={cfg.max_distance} max_dct_distance={cfg.max_dct_distance}".encode())
-    for name, path in sorted(eval_indexes.items()):
-        file = path / INDEX_FILE if path.is_dir() else path
-        digest.update(name.encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
+    for name, location in sorted(eval_indexes.items()):
+        folder, file = index_file(location)
+        digest.update(name.encode() + b"\0" + hashlib.sha256(folder.read_bytes(file)).digest())
     return digest.hexdigest()
 
 
@@ -88,48 +128,49 @@ def _retryable_count(stats: dict[str, Any]) -> int:
     return sum(n for reason, n in stats.get("reasons", {}).items() if is_retryable(reason))
 
 
-def _jobs(plan: Plan, shards_dir: Path, cfg: DownloadConfig, fingerprint: str
+def _jobs(plan: Plan, shards: Folder, cfg: DownloadConfig, fingerprint: str
           ) -> list[tuple[Callable[..., Any], ShardJob]]:
-    """Download tasks for unfinished shards; with ``retry_failed``, retry tasks for finished shards with
-    retryable failures."""
-    done = done_shards(shards_dir)
+    """Download tasks for unfinished shards (no marker); with ``retry_failed``, retry tasks for finished shards
+    with retryable failures."""
+    done = done_shards(shards)
     jobs: list[tuple[Callable[..., Any], ShardJob]] = []
     for shard_id in range(plan.n_shards):
-        job = ShardJob(str(shards_dir), str(plan.urls_file), shard_id, plan.per_shard, cfg, fingerprint)
+        job = ShardJob(shards.location, plan.urls_file, shard_id, plan.per_shard, cfg, fingerprint)
         if shard_id not in done:
             jobs.append((download_shard, job))
-        elif cfg.retry_failed and _retryable_count(read_json(stats_path(shards_dir, shard_id))):
+        elif cfg.retry_failed and _retryable_count(shards.read_json(stats_name(shard_id))):
             jobs.append((retry_shard, job))
     return jobs
 
 
-def build_shards(plan: Plan, shards_dir: Path, cfg: DownloadConfig, indexes: dict[str, RobustIndex],
+def build_shards(plan: Plan, shards: Folder, cfg: DownloadConfig, indexes: dict[str, RobustIndex],
                  fingerprint: str) -> tuple[list[int], dict[str, int]]:
     """Run the shard tasks this folder needs (Ray is started only if there are any):
     ``(failed shard ids, {"downloaded_shards", "retried_shards", "retried_urls"})``."""
-    jobs = _jobs(plan, shards_dir, cfg, fingerprint)
+    jobs = _jobs(plan, shards, cfg, fingerprint)
     if not jobs:
         return [], {"downloaded_shards": 0, "retried_shards": 0, "retried_urls": 0}
-    log.info("%s: %d shard task(s) to run", shards_dir, len(jobs))
-    with ray_session(cfg.ray_address, cfg.processes_count):  # no runtime_env: it slows worker start-up
+    log.info("%s: %d shard task(s) to run", shards, len(jobs))
+    # a runtime_env slows worker start-up: only for a store, whose credentials the workers need
+    with ray_session(cfg.ray_address, cfg.processes_count, worker_env() if shards.remote else None):
         results = run_shard_tasks(jobs, indexes, cfg)
     failed = sorted(job.shard_id for fn, job in jobs if fn is download_shard and results.get(job.shard_id) is None)
     for shard_id in failed:
-        remove_shard(shards_dir, shard_id)
+        remove_shard(shards, shard_id)
     retried = [results.get(job.shard_id) for fn, job in jobs if fn is retry_shard]
     return failed, {"downloaded_shards": sum(fn is download_shard for fn, _ in jobs) - len(failed),
                     "retried_shards": sum(r is not None for r in retried),
                     "retried_urls": sum(r.get("retried", 0) for r in retried if r is not None)}
 
 
-def collect_overlap(shards_dir: Path, shard_ids: list[int], indexes: dict[str, RobustIndex], cfg: DownloadConfig,
+def collect_overlap(shards: Folder, shard_ids: list[int], indexes: dict[str, RobustIndex], cfg: DownloadConfig,
                     fingerprint: str) -> tuple[pa.Table, int]:
     """All shards' overlap rows, sorted; shards matched against other indexes are re-matched (counted)."""
     tables, rematched = [pa.table({n: [] for n in OVERLAP_SCHEMA.names}, schema=OVERLAP_SCHEMA)], 0
     for shard_id in shard_ids:
-        table = read_overlap(overlap_path(shards_dir, shard_id), fingerprint)
+        table = read_overlap(shards, shard_id, fingerprint)
         if table is None:
-            table = overlap_from_parquet(shards_dir, shard_id, indexes, cfg.match_config(), fingerprint)
+            table = overlap_from_parquet(shards, shard_id, indexes, cfg.match_config(), fingerprint)
             rematched += 1
         tables.append(table.cast(OVERLAP_SCHEMA))
     overlap = pa.concat_tables(tables)
@@ -155,26 +196,28 @@ def run_stats(plan: Plan, shard_stats: dict[int, dict[str, Any]], failed: list[i
     return stats
 
 
-def _prepare(shards_dir: Path, overlap_dir: Path) -> None:
-    """Folders exist; leftovers of a killed run are finished (commits) or removed (temporary files)."""
+def _prepare(shards: Folder, overlap: Folder) -> None:
+    """Folders exist; leftovers of a killed run are finished (commits) or removed (temporary files); a store
+    has neither (a shard's files without its marker are rebuilt)."""
     set_quiet_env()
-    shards_dir.mkdir(parents=True, exist_ok=True)
-    for folder in (shards_dir, shards_dir / "_input", shards_dir / "_overlap", overlap_dir):
-        clean_tmp(folder)
-    if recover(shards_dir):
-        log.info("%s: finished the commits of a killed run", shards_dir)
+    for folder in (shards.ensure(), overlap.ensure()):
+        if not folder.remote:
+            for sub in ("", "_input", "_overlap"):
+                clean_tmp(folder.path / sub)
+    if recover(shards):
+        log.info("%s: finished the commits of a killed run", shards)
     for name in (SIZES_FILE, "_stats.json"):
-        (shards_dir / name).unlink(missing_ok=True)
+        shards.remove(name)
 
 
-def write_outputs(plan: Plan, shards_dir: Path, overlap_dir: Path, indexes: dict[str, RobustIndex],
+def write_outputs(plan: Plan, shards: Folder, overlap_dir: Folder, indexes: dict[str, RobustIndex],
                   cfg: DownloadConfig, fingerprint: str, failed: list[int]) -> StageStats:
     """``overlap.parquet``, ``sizes.json`` and the run's stats, from the finished shards' files."""
-    done = sorted(done_shards(shards_dir) & set(range(plan.n_shards)))
-    shard_stats = {s: read_json(stats_path(shards_dir, s)) for s in done}
-    overlap, rematched = collect_overlap(shards_dir, done, indexes, cfg, fingerprint)
-    write_parquet(overlap, overlap_dir / OVERLAP_FILE)
-    write_json(shards_dir / SIZES_FILE, {f"{shard_name(s)}.tar": shard_stats[s]["successes"] for s in done})
+    done = sorted(done_shards(shards) & set(range(plan.n_shards)))
+    shard_stats = {s: shards.read_json(stats_name(s)) for s in done}
+    overlap, rematched = collect_overlap(shards, done, indexes, cfg, fingerprint)
+    write_table(overlap_dir, OVERLAP_FILE, overlap)
+    shards.write_json(SIZES_FILE, {f"{shard_name(s)}.tar": shard_stats[s]["successes"] for s in done})
     stats = run_stats(plan, shard_stats, failed, overlap, indexes, cfg)
     stats.extra["rematched_shards"] = rematched
     return stats
@@ -182,33 +225,37 @@ def write_outputs(plan: Plan, shards_dir: Path, overlap_dir: Path, indexes: dict
 
 @locked('download', 'shards_dir')
 def run_download(input_dir: str | os.PathLike, shards_dir: str | os.PathLike, cfg: DownloadConfig | None = None,
-                 eval_indexes: dict[str, Path] | None = None, overlap_dir: str | os.PathLike | None = None
-                 ) -> StageStats:
+                 eval_indexes: dict[str, str | os.PathLike] | None = None,
+                 overlap_dir: str | os.PathLike | None = None) -> StageStats:
     """Download the pairs in ``input_dir`` into WebDataset shards in ``shards_dir`` (see docs/download.md).
 
     ``eval_indexes`` maps eval-set names to their index folders (``eval/<name>``); ``overlap_dir``
-    defaults to ``overlap/`` beside ``shards_dir``. Re-running on a finished folder redoes nothing.
+    defaults to ``overlap/`` beside ``shards_dir``. Folders and indexes are local paths or fsspec URLs.
+    Re-running on a finished folder redoes nothing.
     """
     start = time.time()
     cfg = cfg or DownloadConfig()
     cfg.validate()
     if cfg.engine == "img2dataset":
         return _run_img2dataset(input_dir, shards_dir, cfg, eval_indexes, overlap_dir)
-    cfg.validate()
-    shards_dir = Path(shards_dir)
-    overlap_dir = Path(overlap_dir) if overlap_dir is not None else shards_dir.parent / "overlap"
-    eval_paths = {name: Path(path) for name, path in (eval_indexes or {}).items()}
-    indexes = {name: load_robust_index(path, cfg.max_distance) for name, path in eval_paths.items()}
-    fingerprint = eval_fingerprint(eval_paths, cfg)
-    _prepare(shards_dir, overlap_dir)
-    plan = make_plan(input_dir, shards_dir, cfg)
-    failed, counts = build_shards(plan, shards_dir, cfg, indexes, fingerprint)
-    stats = write_outputs(plan, shards_dir, overlap_dir, indexes, cfg, fingerprint, failed)
+    shards = Folder(shards_dir)
+    overlap = Folder(overlap_dir if overlap_dir is not None else _sibling(shards, "overlap"))
+    indexes = load_indexes(eval_indexes or {}, cfg)
+    fingerprint = eval_fingerprint(eval_indexes or {}, cfg)
+    _prepare(shards, overlap)
+    plan = make_plan(input_dir, shards, cfg)
+    failed, counts = build_shards(plan, shards, cfg, indexes, fingerprint)
+    stats = write_outputs(plan, shards, overlap, indexes, cfg, fingerprint, failed)
     stats.extra.update(counts, seconds=round(time.time() - start, 2))
     if not stats.accounted():
         log.warning("download: %d inputs but %d kept + %d dropped", stats.inputs, stats.kept, stats.n_dropped)
-    stats.write(shards_dir)
+    stats.write(shards)
     return stats
+
+
+def _sibling(folder: Folder, name: str) -> str:
+    """The folder ``name`` beside ``folder`` (its path or URL)."""
+    return folder.location.rpartition("/")[0] + f"/{name}" if folder.remote else str(folder.path.parent / name)
 
 
 def _run_img2dataset(input_dir: str | os.PathLike, shards_dir: str | os.PathLike, cfg: DownloadConfig,
