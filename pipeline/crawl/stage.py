@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.errors import WitError
-from pipeline.core.env import QUIET_ENV
+from pipeline.core.env import cluster_address, worker_env
 from pipeline.core.executor import Resources, ray_session, submit_bounded
 from pipeline.core.io import atomic_path, clean_tmp
 from pipeline.core.lock import locked
@@ -75,15 +75,12 @@ def _prepare(out_dir: str | os.PathLike) -> Folder:
     return out
 
 
-def worker_env() -> dict[str, str]:
-    """The Ray workers' environment: telemetry off, and this process's ``AWS_*`` variables (endpoint,
-    credentials, region), so that tasks reach the object store the driver reaches."""
-    return {**QUIET_ENV, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
-
-
 def use_ray(cfg: CrawlConfig, n_todo: int) -> bool:
-    """Crawl on Ray when there are at least ``ray_min_files`` archives to do and more than one worker."""
-    return n_todo > 0 and cfg.workers != 1 and n_todo >= cfg.ray_min_files
+    """Crawl on Ray when a cluster is given (``ray_address`` or ``$RAY_ADDRESS``), or locally when there are at
+    least ``ray_min_files`` archives to do and more than one worker."""
+    if n_todo == 0:
+        return False
+    return bool(cluster_address(cfg.ray_address or "")) or (cfg.workers != 1 and n_todo >= cfg.ray_min_files)
 
 
 RESOURCES = Resources(cpus=1, memory_mb=1024)  # one archive streamed at a time; bounded buffers
@@ -96,7 +93,7 @@ def crawl_on_ray(jobs: list[tuple[str, str, str]], cfg: CrawlConfig) -> list[str
 
     failed: list[str] = []
     with ray_session(cfg.ray_address, cfg.workers, worker_env()):
-        done = submit_bounded(((_crawl_task, job) for job in jobs), RESOURCES, cfg)
+        done = submit_bounded(((_crawl_task, job) for job in jobs), RESOURCES, cfg, speculate=True)
         for (source, *_), ref in _progress(done, cfg, total=len(jobs)):
             try:
                 message = ray.get(ref)

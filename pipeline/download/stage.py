@@ -30,7 +30,7 @@ from pipeline.download.shard import (OVERLAP_SCHEMA, ShardJob, done_shards, down
                                      write_table)
 from pipeline.core.errors import WitError
 from pipeline.core.io import clean_tmp, is_url
-from pipeline.core.env import QUIET_ENV, set_quiet_env
+from pipeline.core.env import set_quiet_env, worker_env
 from pipeline.core.executor import Resources, ray_session, submit_bounded
 from pipeline.core.parts import progress
 from pipeline.core.stats import StageStats
@@ -77,11 +77,6 @@ def _result(ray: Any, ref: Any, shard_id: int, cfg: DownloadConfig) -> dict[str,
                     " ".join(str(exc).split())[-300:])
         return None
 
-
-def worker_env() -> dict[str, str]:
-    """The Ray workers' environment for a shards folder on a store: telemetry off, and this process's
-    ``AWS_*`` variables (endpoint, credentials, region), so that tasks reach the store the driver reaches."""
-    return {**QUIET_ENV, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
 
 
 # ---------------------------------------------------------------- driver

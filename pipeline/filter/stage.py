@@ -34,7 +34,7 @@ from pipeline.filter.rules import (RULE_ORDER, Batch, ControlCharsRule, Duplicat
                                     TooFewWordsRule,
                                     TooLongRule, TooManyWordsRule, TooShortRule)
 from pipeline.core.config import Config, field
-from pipeline.core.env import QUIET_ENV
+from pipeline.core.env import cluster_address, worker_env
 from pipeline.core.errors import WitError
 from pipeline.core.executor import Resources, ray_session, submit_bounded
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
@@ -142,14 +142,10 @@ def _prepare(out_dir: str | os.PathLike) -> Folder:
 
 
 def use_ray(cfg: FilterConfig, n_todo: int) -> bool:
-    """Filter on Ray when there are two parts or more to do and ``workers`` is not 1."""
-    return n_todo >= 2 and cfg.workers != 1
+    """Filter on Ray when a cluster is given (``ray_address`` or ``$RAY_ADDRESS``), or locally when there are two
+    parts or more to do and ``workers`` is not 1."""
+    return (n_todo >= 1 and bool(cluster_address(cfg.ray_address))) or (n_todo >= 2 and cfg.workers != 1)
 
-
-def worker_env() -> dict[str, str]:
-    """The Ray workers' environment: telemetry off, and this process's ``AWS_*`` variables (endpoint,
-    credentials, region), so that tasks reach the object store the driver reaches."""
-    return {**QUIET_ENV, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
 
 
 def map_resources(cfg: FilterConfig) -> Resources:
@@ -173,7 +169,7 @@ def run_tasks(fn: Callable[..., Any], items: Iterable[T], resources: Resources, 
         return
     import ray
 
-    for item, ref in submit_bounded(((fn, item) for item in items), resources, *shared):
+    for item, ref in submit_bounded(((fn, item) for item in items), resources, *shared, speculate=True):
         try:
             result = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
