@@ -122,15 +122,18 @@ def load_queries(path: str | Path) -> list[str]:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise WitError(f"{p}: query list is not UTF-8 text") from None
-    queries = _parse_json(p, text) if p.suffix.lower() == ".json" else [
+    return parse_queries(text, p)
+
+
+def parse_queries(text: str, where: str | Path) -> list[str]:
+    """A query list's text, read as :func:`load_queries` does (``where`` names it, and its ``.json`` suffix
+    says JSON): also for a list kept on an object store."""
+    json_list = str(where).lower().endswith(".json")
+    queries = parse_json_strings(text, where, "query") if json_list else [
         line.strip() for line in text.splitlines() if line.strip()]
     if not queries:
-        raise WitError(f"{p}: query list is empty")
+        raise WitError(f"{where}: query list is empty")
     return queries
-
-
-def _parse_json(p: Path, text: str) -> list[str]:
-    return parse_json_strings(text, p, "query")
 
 
 def save_queries(path: str | Path, queries: Sequence[str]) -> Path:

