@@ -51,7 +51,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -60,7 +59,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.config import Config, field
-from pipeline.core.env import QUIET_ENV
+from pipeline.core.env import cluster_address, worker_env
 from pipeline.core.errors import WitError
 from pipeline.core.executor import Resources, ray_session, submit_bounded
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
@@ -136,7 +135,7 @@ def run_balance(input_dir: InputSpec, out_dir: str | Path, cfg: BalanceConfig = 
     identities = {part_name(p): file_identity(p) for p in parts}  # one look at each part (a HEAD for a URL)
     store = PartStore(out, STAGE)
     with contextlib.ExitStack() as stack:
-        tasks = PartTasks(cfg, worker_env(out, parts), stack)
+        tasks = PartTasks(cfg, worker_env(), stack)
         counts = count_matches(parts, identities, out, matcher, matcher.cache_tag(qhash), tasks)
         write_query_counts(out, queries, counts)
         counts_key = counts_digest(qhash, counts)
@@ -164,17 +163,9 @@ _WORKER_MATCHER: dict[str, QueryMatcher] = {}  # the automaton a worker process 
 
 
 def use_ray(cfg: BalanceConfig, n_todo: int) -> bool:
-    """Parts run as Ray tasks when there are two or more to do and ``workers`` is not 1."""
-    return n_todo >= 2 and cfg.workers != 1
-
-
-def worker_env(out: Folder, parts: list[Part]) -> dict[str, str]:
-    """The Ray workers' environment: :data:`QUIET_ENV`, and this process's ``AWS_*`` variables (endpoint,
-    credentials, region) when the output or an input is on a store."""
-    env = dict(QUIET_ENV)
-    if out.remote or any(isinstance(p, RemotePart) for p in parts):
-        env.update({k: v for k, v in os.environ.items() if k.startswith("AWS_")})
-    return env
+    """Parts run as Ray tasks when a cluster is given (``ray_address`` or ``$RAY_ADDRESS``), or locally when
+    there are two or more to do and ``workers`` is not 1."""
+    return (n_todo >= 1 and bool(cluster_address(cfg.ray_address))) or (n_todo >= 2 and cfg.workers != 1)
 
 
 class PartTasks:
@@ -195,7 +186,7 @@ class PartTasks:
         if not self.started:
             self.stack.enter_context(ray_session(self.cfg.ray_address, self.cfg.workers, self.env))
             self.started = True
-        done = submit_bounded(((fn, item) for item in items), RESOURCES, *shared)
+        done = submit_bounded(((fn, item) for item in items), RESOURCES, *shared, speculate=True)
         for item, ref in progress(done, desc, total=len(items), enabled=self.cfg.progress):
             yield item, _task_result(ray, ref)
 

@@ -18,8 +18,9 @@ from ray.exceptions import RayTaskError
 
 from pipeline.balance.queries import QueryMatcher, make_matcher
 from pipeline.balance.stage import (BalanceConfig, PartTasks, _task_result, kept_name, run_balance, use_ray,
-                                    worker_env, worker_matcher)
+                                    worker_matcher)
 from pipeline.core.config import output_options
+from pipeline.core.env import worker_env
 from pipeline.core.errors import WitError
 from pipeline.core.storage import Folder
 from pipeline.crawl.extract import make_uid
@@ -112,24 +113,32 @@ def test_a_failed_part_leaves_no_marker_and_no_staged_files(inputs: Path, cfg: B
     assert not [p for p in out.rglob("*") if p.name.startswith(".tmp-")]
 
 
-def test_ray_only_for_two_parts_or_more_and_not_one_worker() -> None:
+def test_ray_only_for_two_parts_or_more_and_not_one_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert use_ray(BalanceConfig(), 2) and use_ray(BalanceConfig(workers=3), 5)
     assert not use_ray(BalanceConfig(), 1) and not use_ray(BalanceConfig(), 0)
     assert not use_ray(BalanceConfig(workers=1), 10)
-    cfg = BalanceConfig(workers=1, ray_address="ray://nowhere:1")
+    cfg = BalanceConfig(workers=1)
     ran = list(PartTasks(cfg, {}, None).map(lambda item, k: item * k, [1, 2, 3], "test", 10))  # type: ignore[arg-type]
     assert ran == [(1, 10), (2, 20), (3, 30)]
     assert output_options(BalanceConfig(workers=4, ray_address="x")) == output_options(BalanceConfig())
 
 
-def test_worker_env_passes_store_credentials_only_for_remote_folders(monkeypatch: pytest.MonkeyPatch,
-                                                                    tmp_path: Path) -> None:
+def test_worker_env_passes_store_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
-    remote = worker_env(Folder("s3://bucket/balanced"), [])
-    assert remote["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9" and remote["AWS_SECRET_ACCESS_KEY"] == "s"
-    assert remote["RAY_USAGE_STATS_ENABLED"] == "0"
-    assert not any(k.startswith("AWS_") for k in worker_env(Folder(tmp_path), [tmp_path / "a.parquet"]))
+    monkeypatch.setenv("HOME_SECRET", "not for workers")
+    env = worker_env()
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9" and env["AWS_SECRET_ACCESS_KEY"] == "s"
+    assert env["RAY_USAGE_STATS_ENABLED"] == "0" and "HOME_SECRET" not in env
+
+
+def test_a_cluster_address_puts_even_one_part_on_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert not use_ray(BalanceConfig(workers=1), 1) and not use_ray(BalanceConfig(), 1)
+    assert use_ray(BalanceConfig(), 2) and use_ray(BalanceConfig(workers=1, ray_address="127.0.0.1:1"), 1)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    assert use_ray(BalanceConfig(workers=1), 1) and not use_ray(BalanceConfig(), 0)
 
 
 def test_a_worker_builds_the_automaton_once() -> None:
