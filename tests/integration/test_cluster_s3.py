@@ -151,13 +151,23 @@ def stop_node(pgid: int, kill: bool = False) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
+#: ``ray start`` of a worker node that stays on 127.0.0.1. With RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (which keeps
+#: every address 127.0.0.1) the CLI refuses to join a cluster ("Multi-node Ray clusters are not supported on
+#: Windows and OSX"); that check is the CLI's only use of the flag, so the CLI runs with it on and its
+#: localhost-to-LAN-address rewrite off, while the raylet and workers it starts inherit the variable at 0.
+RAY_START_LOOPBACK = [sys.executable, "-c", "import sys; from ray._private import ray_constants, services; "
+                      "ray_constants.ENABLE_RAY_CLUSTER = True; services.resolve_ip_for_localhost = lambda h: h; "
+                      "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()", "start"]
+
+
 def start_node(name: str, root: Path, env: dict[str, str], args: list[str]) -> Node:
     """``ray start`` of one node with 1 CPU, its own temp folder and working directory, on 127.0.0.1.
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (see pipeline.core.executor.LOCAL_ONLY_ENV): without it Ray 2.60 turns
     --node-ip-address 127.0.0.1 into this host's LAN address and listens on 0.0.0.0."""
     for sub in ("tmp", "cwd", "scratch"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    cmd = ["ray", "start", *args, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+    cmd = [*(RAY_START_LOOPBACK if "--head" not in args else ["ray", "start"]), *args,
+           "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
            "--resources", json.dumps({name: 1}), "--temp-dir", str(root / "tmp"), "--disable-usage-stats"]
     proc = subprocess.Popen(cmd, env={**env, "WIT_SCRATCH": str(root / "scratch")}, cwd=root / "cwd",
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
