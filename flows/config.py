@@ -8,16 +8,13 @@ orchestration starts.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import Config, ConfigError, config_from_dict, field, load_config_file
 from pipeline.core.io import is_url
-from pipeline.core.storage import SCRATCH_ENV, Folder
+from pipeline.core.storage import Folder, local_copy
 from pipeline.balance.stage import BalanceConfig
 from pipeline.crawl.stage import CrawlConfig
 from pipeline.download.stage import DownloadConfig
@@ -74,10 +71,7 @@ class BuildConfig(Config):
     def local_root(self) -> Path:
         """The build directory, or for a build on a store ``$WIT_SCRATCH`` (else the temp folder) /
         ``wit-build-<hash of the URL>``."""
-        if not self.remote:
-            return Path(self.build_dir)
-        digest = hashlib.sha256(self.build_dir.rstrip("/").encode()).hexdigest()[:12]
-        return Path(os.environ.get(SCRATCH_ENV) or tempfile.gettempdir()) / f"wit-build-{digest}"
+        return local_copy(self.build_dir, "build") if self.remote else Path(self.build_dir)
 
     def download_input(self) -> str:
         """The pairs the download stage reads: balanced when the build balances, else the filter's kept."""

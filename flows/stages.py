@@ -61,19 +61,19 @@ def download(cfg: BuildConfig) -> dict[str, Any]:
 
 def train(cfg: BuildConfig) -> dict[str, Any]:
     """Train on the build's shards: here, under torchrun, or as a Ray job when ``train.ray_address`` is set.
-    For a build on a store, open_clip reads the shards from there and ``train/`` is copied there after."""
-    result = run_train(cfg.location("shards"), cfg.path("train"), cfg.train).to_dict()
-    if cfg.remote:
-        cfg.folder().push(cfg.path("train"), "train")
-    return result
+    For a build on a store, open_clip reads the shards from there (``pipe:`` through ``training.fscat``) and the
+    trainer, wherever it runs, copies ``train/`` there (:func:`training.train.run_train` with a URL)."""
+    return run_train(cfg.location("shards"), cfg.location("train"), cfg.train).to_dict()
 
 
 def overlap(cfg: BuildConfig, checkpoint: str | None = None, model: str | None = None) -> dict[str, Any]:
-    """Zero-shot accuracy on Overlap / Clean / All of each eval set; writes reports/overlap.{json,md,png}."""
+    """Zero-shot accuracy on Overlap / Clean / All of each eval set; writes reports/overlap.{json,md,png}.
+    For a build on a store it runs on the local working copy of ``train/`` and ``overlap/``, refreshed from the
+    store, and copies ``reports/`` back."""
     if cfg.remote:
         cfg.folder().get("overlap/overlap.parquet", cfg.path("overlap", "overlap.parquet"))
-        if checkpoint is None and not cfg.path("train").is_dir():
-            cfg.folder().pull("train", cfg.path("train"))
+        if checkpoint is None:
+            cfg.folder().pull("train", cfg.path("train"), skip=("*.log",))
     if checkpoint is None:
         checkpoint, model = latest_checkpoint(cfg.path("train"))
     result = run_overlap(checkpoint, model, dict(cfg.eval_sets), cfg.path("overlap", "overlap.parquet"),

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 from pipeline.core.config import to_dict
 from pipeline.core.errors import WitError
 from pipeline.core.io import atomic_path
+from pipeline.core.storage import Folder, local_copy
 from training import launch as L
 from training.config import (EXPERIMENT, PRESET_FIELDS, PRESETS, REPO_ROOT, RESULTS_FILE, TrainConfig, TrainResult,  # noqa: F401
                              TrainRunFailed, echo_line)
@@ -346,6 +347,8 @@ def run_train(shards_dir: str | Path | None, out_dir: str | Path, cfg: TrainConf
     cfg = cfg or TrainConfig()  # checked when built (TrainConfig.__post_init__)
     if cfg.ray_address:
         return L.run_train_on_ray(shards_dir, out_dir, cfg, echo or echo_line)
+    if is_url(str(out_dir)):
+        return _train_to_store(shards_dir, str(out_dir), cfg, echo)
     shards = resolve_shards(shards_dir, cfg)
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -371,6 +374,23 @@ def run_train(shards_dir: str | Path | None, out_dir: str | Path, cfg: TrainConf
                                 "shards": shards.n_shards, "train_num_samples": shards.n_samples,
                                 "precision": plan.precision, "device": plan.device, "preset": plan.preset,
                                 "config": to_dict(cfg)})
+    return result
+
+
+def _train_to_store(shards_dir: str | Path | None, url: str, cfg: TrainConfig,
+                    echo: Callable[[str], None] | None) -> TrainResult:
+    """Train into a folder on a store: open_clip writes to this machine's working copy of it (first filled from
+    the store, so a run on another machine resumes from its checkpoints), which the primary copies there after.
+    The result names the checkpoint by its URL."""
+    store, local = Folder(url), local_copy(url, "train")
+    if not local.is_dir():
+        store.pull("", local)
+    result = run_train(shards_dir, local, cfg, echo)
+    if result.primary:
+        store.push(local)
+    checkpoint = Path(result.checkpoint)
+    if checkpoint.is_relative_to(local):
+        result = dataclasses.replace(result, checkpoint=store.loc(checkpoint.relative_to(local).as_posix()))
     return result
 
 

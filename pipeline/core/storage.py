@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import hashlib
 import json
 import os
 import shutil
@@ -27,6 +28,13 @@ from pipeline.core.io import TMP_PREFIX, RemotePart, atomic_path, is_url, one_li
 
 #: Where staging folders of a remote build go on a node (its own disk; default: the system temp folder).
 SCRATCH_ENV = "WIT_SCRATCH"
+
+
+def local_copy(url: str, kind: str) -> Path:
+    """This machine's working copy of a folder on a store (for tools that need a local folder: open_clip's
+    checkpoints, the overlap analysis): ``$WIT_SCRATCH`` (else the temp folder) / ``wit-<kind>-<hash of url>``."""
+    digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:12]
+    return Path(os.environ.get(SCRATCH_ENV) or tempfile.gettempdir()) / f"wit-{kind}-{digest}"
 
 
 def is_marker(relpath: str) -> bool:
