@@ -211,33 +211,40 @@ def test_entrypoint_is_wit_build(rayjob: dict[str, Any]) -> None:
     assert argv[0] == "wit"
     args = parse_args(make_parser(), argv[1:])
     assert args.command == "build"
-    assert args.config.startswith("s3://") and args.config.endswith("/build.yaml")  # object storage: future work
-    assert "FUTURE WORK" in comment_above((KUBERAY / "rayjob.yaml").read_text(), "entrypoint: wit build")
+    assert args.config.startswith("s3://") and args.config.endswith("/build.yaml")
 
 
 def test_build_config(raycluster: dict[str, Any], tmp_path: Path) -> None:
-    """build.yaml is a BuildConfig (its eval folder replaced by one that exists here) whose paths are on the
-    pods' shared volume, whose data stages use the job's RAY_ADDRESS, and whose training job asks Ray for as
-    many GPUs as a gpu-group pod has."""
+    """build.yaml is a BuildConfig (its eval folder replaced by one that exists here) whose build directory is
+    on object storage, whose eval sets are on the head's volume, whose data stages use the job's RAY_ADDRESS,
+    and whose training job asks Ray for as many GPUs as a gpu-group pod has."""
     from flows.config import build_config
     from training.launch import ray_job_gpus
 
     cfg = build_config({"eval_sets": {"imagenet-val": str(tmp_path)}}, str(KUBERAY / "build.yaml"))
-    mount = ray_container(groups(raycluster["spec"])["head"])["volumeMounts"][0]["mountPath"]
-    assert cfg.build_dir.startswith(mount + "/")
-    assert load("build.yaml")["eval_sets"]["imagenet-val"].startswith(mount + "/")
+    assert cfg.build_dir.startswith("s3://") and cfg.remote
+    head_mounts = {m["name"]: m for m in ray_container(groups(raycluster["spec"])["head"])["volumeMounts"]}
+    assert load("build.yaml")["eval_sets"]["imagenet-val"].startswith(head_mounts["eval-sets"]["mountPath"] + "/")
+    assert head_mounts["eval-sets"]["readOnly"] is True
     assert cfg.crawl.ray_address is None and cfg.download.ray_address is None
+    assert not cfg.filter.ray_address and not cfg.balance.ray_address
     assert cfg.train.ray_address == "http://127.0.0.1:8265" and cfg.train.nnodes == 1
     assert ray_job_gpus(cfg.train) == ray_node_types(raycluster["spec"])["gpu"]["resources"]["GPU"]
     assert {"crawl", "download", "train"} <= set(cfg.stages)
 
 
-def test_every_pod_mounts_the_build_volume(cluster_spec: dict[str, Any]) -> None:
+def test_no_volume_is_shared_between_pods(cluster_spec: dict[str, Any]) -> None:
+    """Every pod stages on its own emptyDir (WIT_SCRATCH) and gets the store's credentials; the only claim is
+    the eval sets', on the head."""
     for name, group in groups(cluster_spec).items():
-        mounts = {m["name"]: m["mountPath"] for m in ray_container(group)["volumeMounts"]}
-        claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName")
-                  for v in group["template"]["spec"]["volumes"]}
-        assert mounts["wit-build"] == "/data/wit" and claims["wit-build"] == "wit-build", name
+        container = ray_container(group)
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in group["template"]["spec"]["volumes"]}
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["WIT_SCRATCH"] == mounts["scratch"] and "emptyDir" in volumes["scratch"], name
+        assert {"secretRef": {"name": "wit-s3", "optional": True}} in container["envFrom"], name
+        claims = {n for n, v in volumes.items() if "persistentVolumeClaim" in v}
+        assert claims == ({"eval-sets"} if name == "head" else set()), name
 
 
 # ---- infra/ray/cluster.yaml (ray up)
