@@ -538,8 +538,8 @@ def measure_memory(names: list[str], index: Path, base_url: str, server_pids: se
 def cost_model(rates: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
     """Core-hours per stage for each pair count (every stage charged for every candidate pair: an upper
     bound, later stages see only what earlier ones keep), node-hours and cost on the assumed instance, wall
-    time on 1 and 10 nodes (filter and balance run in one process today: their wall time is their
-    core-hours whatever the nodes), bandwidth and storage."""
+    time on 1 and 10 nodes (every stage's parts are Ray tasks: wall time = node-hours / nodes, the reduce steps
+    on the driver left out), bandwidth and storage."""
     vcpus, price = INSTANCE["vcpus"], INSTANCE["usd_per_hour"]
     dl = rates["download"]
     bytes_per_image = dl["mean_bytes_per_image"]
@@ -548,8 +548,8 @@ def cost_model(rates: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any
     stage_rates = {  # per core-second; which figure, and whether Ray spreads the stage over nodes
         "crawl (WAT)": (rates["crawl"]["wat"]["pairs_per_cpu_s"], True),
         "crawl (WARC)": (rates["crawl"]["warc"]["pairs_per_cpu_s"], True),
-        "filter": (rates["filter"]["captions_per_cpu_s"], False),
-        "balance": (rates["balance"]["rows_per_cpu_s_stage_words"], False),
+        "filter": (rates["filter"]["captions_per_cpu_s"], True),
+        "balance": (rates["balance"]["rows_per_cpu_s_stage_words"], True),
         "download (incl. pHash + eval match)": (dl["images_per_s_per_core_end_to_end"], True),
     }
     steady = measured.get("download_one_node", {}).get("cpu_ms_per_image_all_processes")
@@ -564,7 +564,10 @@ def cost_model(rates: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any
         "latency, failed or slow hosts, synthetic ~76 KiB JPEGs; the real web costs more CPU per stored image",
         "crawl: the WAT figure is the stage's rate on WAT files (the usual input); WARC shown for comparison; "
         "reading archives from object storage not measured",
-        "filter and balance run as one process on one core today (no Ray tasks): wall time = core-hours",
+        "filter and balance run their parts as Ray tasks (the filter's exact-duplicate shuffle: a map and a reduce "
+        "task per part and bucket; balance: per-part counts, a sum on the driver, per-part decisions): wall time "
+        "= node-hours / nodes. Their per-core rates were measured in one process; the shuffle's extra pass over "
+        "the (url, caption) keys and the small objects it writes to a store are not measured",
         f"a node = {INSTANCE['type']}; 1 measured core = 1 vCPU; price {price} USD/h ({INSTANCE['price_basis']})",
         f"bytes per downloaded image: {bytes_per_image} (the benchmark's mean JPEG); img2dataset's README "
         "implies ~130 KB for web images"], "pairs": {}}
