@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import Config, ConfigError, config_from_dict, field, load_config_file
+from pipeline.core.errors import WitError
 from pipeline.core.io import is_url
 from pipeline.core.storage import Folder, local_copy
 from pipeline.balance.stage import BalanceConfig
@@ -42,6 +43,11 @@ class BuildConfig(Config):
 
     def check(self) -> None:
         """What a build needs beyond each section's own checks: archives to crawl, eval folders that exist."""
+        if self.remote:
+            try:
+                Folder(self.build_dir)
+            except WitError as exc:
+                self.fail("build_dir", str(exc))
         if "crawl" in self.stages and not self.inputs:
             self.fail("inputs", "empty: name the WARC/WAT files to crawl")
         for name, folder in self.eval_sets.items():

@@ -260,3 +260,16 @@ def test_stage_help_is_plain_text() -> None:
         assert "``" not in text, name
     assert "an integer >= 1" in subs["download"].format_help()
     assert "``" not in parser.format_help()
+
+
+def test_build_dir_on_a_store() -> None:
+    """A build directory URL is checked before anything runs; a store's build keeps a local working copy."""
+    from flows.config import build_config
+
+    with pytest.raises(ConfigError, match="build_dir: nope://b/x: cannot open this URL"):
+        build_config({"build_dir": "nope://b/x", "inputs": ["a.warc.gz"]})
+    cfg = build_config({"build_dir": "s3://bucket/builds/b1/", "inputs": ["a.warc.gz"]})
+    assert cfg.remote and cfg.location("pairs", "kept") == "s3://bucket/builds/b1/pairs/kept"
+    assert cfg.path("train").parent == cfg.local_root() and cfg.local_root().name.startswith("wit-build-")
+    local = build_config({"build_dir": "runs/b", "inputs": ["a.warc.gz"]})
+    assert not local.remote and local.location("pairs", "kept") == str(Path("runs/b/pairs/kept"))
