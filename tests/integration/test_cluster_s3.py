@@ -397,3 +397,54 @@ def test_cluster_listens_on_loopback_only(cluster: Cluster) -> None:
             except psutil.NoSuchProcess:
                 continue
     assert listening and {ip for _, ip in listening} <= LOOPBACK, sorted(listening)
+
+
+def kill_when(proc: subprocess.Popen, ready: Any, what: str) -> None:
+    """SIGKILL ``proc``'s process group once ``ready()`` holds (as a machine that loses power)."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ready():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return
+        time.sleep(0.3)
+    pytest.fail(f"the build ended before {what}: " + (proc.stderr.read()[-2000:] if proc.stderr else ""))
+
+
+def kill_leftovers(marker: str) -> None:
+    """Kill what the killed driver's local Ray left running (its processes name ``marker``, their temp folder)."""
+    psutil = _psutil()
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(marker in part for part in proc.info["cmdline"] or []):
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                continue
+
+
+def test_a_killed_build_on_s3_resumes_to_the_clean_result(miniweb: Path, local_build: dict[str, Any], s3: Any,
+                                                          tmp_path: Path) -> None:
+    """``wit build`` on a local Ray into S3, killed (SIGKILL, driver and its Ray) once some shards are on the
+    store, then run again: the funnel of a clean build, no sample lost or doubled."""
+    prefix = "builds/killed"
+    config = tmp_path / "build.yaml"
+    config.write_text(yaml.safe_dump(build_config(miniweb, f"s3://{BUCKET}/{prefix}", DATA_STAGES, remote=True)))
+    cmd = [sys.executable, "-m", "flows.cli", "build", "--config", str(config)]
+    ray_tmp = tempfile.mkdtemp(prefix="wit-k-")  # short: Ray's socket paths must stay under 108 bytes
+    env = {**base_env(), "TMPDIR": ray_tmp, "WIT_SCRATCH": str(tmp_path / "scratch")}
+    proc = start(cmd, env)
+    try:
+        kill_when(proc, lambda: any(k.endswith("_stats.json") and k[0].isdigit()
+                                    for k in s3_keys(s3, f"{prefix}/shards")), "a shard was committed")
+    finally:
+        kill_leftovers(ray_tmp)
+    assert "reports/stats.json" not in s3_keys(s3, prefix)
+
+    try:
+        done = run(cmd, env)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = build_counts(s3_json(s3, prefix))
+    assert counts == local_build
+    assert_no_lost_or_doubled_samples(s3, prefix, counts)
