@@ -189,9 +189,14 @@ def start_cluster(root: Path, env: dict[str, str]) -> Cluster:
         "--ray-client-server-port", str(free_port())])
     gcs = (root / "head" / "tmp" / "ray_current_cluster").read_text().strip()
     nodes = {"head": head}
-    for name in ("w1", "w2"):
-        nodes[name] = start_node(name, root / name, env, ["--address", gcs, "--dashboard-agent-listen-port",
-                                                           str(free_port())])
+    try:
+        for name in ("w1", "w2"):
+            nodes[name] = start_node(name, root / name, env, ["--address", gcs, "--dashboard-agent-listen-port",
+                                                               str(free_port())])
+    except BaseException:  # pytest.fail included: stop what was started
+        for node in reversed(list(nodes.values())):
+            stop_node(node.pgid)
+        raise
     return Cluster(gcs, f"http://127.0.0.1:{dashboard_port}", env, nodes)
 
 
