@@ -129,7 +129,7 @@ def _remote_shards(url: str) -> list[str]:
         elif listable and fs.isdir(path):
             names = [e["name"] for e in fs.ls(path, detail=True) if e.get("type") == "file"]
         elif fs.exists(path):
-            return [url]
+            return [fs.unstrip_protocol(path)]  # as a listing names it: one shard, one identity
         else:
             raise FileNotFoundError(path)
     except FileNotFoundError:
@@ -151,7 +151,8 @@ def _check_out_dir(tars: list[str], out: Folder, mode: str) -> None:
 
 def _in_folder(tar: str, out: Folder) -> bool:
     if is_url(tar) or out.remote:
-        return tar.rsplit("/", 1)[0].rstrip("/") == out.location
+        folder = Folder(tar.rsplit("/", 1)[0])
+        return folder.remote and out.remote and folder.fs.protocol == out.fs.protocol and folder.root == out.root
     return Path(tar).resolve().parent == Path(out.location).resolve()
 
 
