@@ -96,7 +96,7 @@ class DedupConfig(MatchConfig, section="dedup"):
                                                "has them (wit download writes them) instead of decoding")
     image_keys: tuple[str, ...] = field(sources.IMAGE_KEYS, help="sample extensions tried for the image, in order")
     workers: int = field(1, min=0, key=False, help="shards done in parallel as Ray tasks (0 = one per CPU of the "
-                         "Ray cluster; 1 = in this process, threads at a time, unless a cluster is given)")
+                         "Ray cluster; 1 = in this process, `threads` at a time, unless a cluster is given)")
     threads: int = field(0, min=0, key=False, help="shards done in parallel threads when they run in this process "
                                                    "(0: one per CPU)")
     ray_address: str = field("", key=False, help="Ray cluster address (default: $RAY_ADDRESS; else a local Ray "
