@@ -204,3 +204,29 @@ def test_bad_store_inputs(data: Path) -> None:
         run_dedup(f"{store}/shards", {"toy": data / "eval" / "toy"}, f"{store}/shards/", cfg(mode="drop"))
     with pytest.raises(WitError, match="eval index not found"):
         run_dedup(f"{store}/shards", {"toy": f"{store}/eval/none"}, f"{store}/out", cfg())
+
+
+def test_a_task_killed_before_its_marker_is_redone_on_resume(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shard 00001's data files are published, then its task dies before the marker: the re-run redoes it alone and
+    ends as a clean run."""
+    clean = run_dedup(data / "shards", {"toy": data / "eval" / "toy"}, data / "clean", cfg(mode="drop"))
+    publish = Folder.publish
+
+    def killed(self: Folder, staged: Path) -> list[str]:
+        if (staged / "_parts" / "00001.stats.json").is_file():
+            (staged / "_parts" / "00001.stats.json").unlink()
+            publish(self, staged)
+            raise RuntimeError("task killed")
+        return publish(self, staged)
+
+    monkeypatch.setattr(Folder, "publish", killed)
+    out = data / "out"
+    with pytest.raises(RuntimeError, match="task killed"):
+        run_dedup(data / "shards", {"toy": data / "eval" / "toy"}, out, cfg(mode="drop", threads=1))
+    assert (out / "00001.tar").is_file() and not (out / "_parts" / "00001.stats.json").exists()
+    assert not (out / "_stats.json").exists()
+    monkeypatch.setattr(Folder, "publish", publish)
+    resumed = run_dedup(data / "shards", {"toy": data / "eval" / "toy"}, out, cfg(mode="drop"))
+    assert resumed.extra["skipped_shards"] == len(SHARDS) - 1 and comparable(resumed) == comparable(clean)
+    assert overlap_rows(Folder(out)) == overlap_rows(Folder(data / "clean"))
+    assert (out / "00001.tar").read_bytes() == (data / "clean" / "00001.tar").read_bytes()
