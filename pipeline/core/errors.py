@@ -7,3 +7,8 @@ class WitError(Exception):
     The message must name the file, record or setting at fault, e.g.
     ``candidates/part-00000.parquet: no 'caption' column``.
     """
+
+
+class StoreError(WitError, OSError):
+    """A store (S3, GCS, ...) could not be read or written: one line for the user like any WitError, and an
+    OSError, so that a Ray task that meets it is tried again (a transient error, unlike bad input)."""

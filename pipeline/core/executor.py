@@ -15,6 +15,8 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Mapping
 from unittest import mock
 
+from pipeline.core.io import remote_errors
+
 
 #: A local Ray that stays on this machine. Ray 2.60 picks the node address with
 #: ``ray._private.services.get_node_ip_address``, which is 127.0.0.1 only where
@@ -147,6 +149,12 @@ def _shutdown_at_exit(ray: Any) -> Iterator[Callable[[], None]]:
             stop.raise_()
 
 
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """What a task may raise that another try can cure: OS and network errors, the store clients' errors
+    (:func:`pipeline.core.io.remote_errors` without ValueError, which is bad input)."""
+    return tuple(e for e in remote_errors() if e is not ValueError) + (TimeoutError, ConnectionError)
+
+
 @dataclasses.dataclass(frozen=True)
 class Resources:
     """What one task of a stage needs; Ray schedules by it (declared per stage, not hard-coded)."""
@@ -156,8 +164,10 @@ class Resources:
     retries: int = 0  # Ray re-runs a task this often when it raises or its worker dies
 
     def ray_options(self) -> dict[str, Any]:
+        """Ray's task options: a task is retried when its worker dies, and when it raises a transient error
+        (:func:`transient_errors`: I/O, the store's client), never for bad input (a WitError fails at once)."""
         options: dict[str, Any] = {"num_cpus": self.cpus, "max_retries": self.retries,
-                                   "retry_exceptions": self.retries > 0}
+                                   "retry_exceptions": list(transient_errors()) if self.retries > 0 else False}
         if self.memory_mb:
             options["memory"] = self.memory_mb << 20
         return options

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.core.errors import WitError
+from pipeline.core.errors import StoreError, WitError
 from pipeline.core.io import TMP_PREFIX, RemotePart, atomic_path, is_url, one_line, remote_errors, write_json
 
 #: Where staging folders of a remote build go on a node (its own disk; default: the system temp folder).
@@ -123,7 +123,7 @@ class Folder:
         except FileNotFoundError:
             return []
         except remote_errors() as exc:
-            raise WitError(f"{self.loc(sub)}: cannot list ({one_line(exc)})") from None
+            raise StoreError(f"{self.loc(sub)}: cannot list ({one_line(exc)})") from None
         names = (e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "file")
         return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
 
@@ -255,4 +255,4 @@ class Folder:
         except FileNotFoundError:
             raise FileNotFoundError(self.loc(name)) from None
         except remote_errors() as exc:
-            raise WitError(f"{self.loc(name)}: {one_line(exc)}") from None
+            raise StoreError(f"{self.loc(name)}: {one_line(exc)}") from None

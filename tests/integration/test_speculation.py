@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import ray
 
+from pipeline.core.errors import WitError
 from pipeline.core.executor import Resources, Stragglers, ray_session, submit_bounded
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -43,3 +44,28 @@ def test_a_straggler_runs_again_and_the_first_copy_wins(tmp_path: Path, caplog: 
     assert results == {name: f"{name} done" for name in ["a", "b", "c", "slow", "d", "e"]}
     assert seconds < 60, seconds  # the first copy would have taken 120 s
     assert "started a second copy" in caplog.text and "running" in caplog.text
+
+
+def _flaky(item: tuple[str, str], _shared: int) -> str:
+    """Count the tries in a file; fail the first with ``item[0]``'s error kind."""
+    kind, tries = item
+    n = len(Path(tries).read_text()) if Path(tries).exists() else 0
+    Path(tries).write_text("x" * (n + 1))
+    if n == 0 and kind == "io":
+        raise OSError("store hiccup")
+    if kind == "bad":
+        raise WitError("part-x.parquet: not a readable parquet file")
+    return "ok"
+
+
+def test_transient_errors_are_retried_bad_input_is_not(tmp_path: Path) -> None:
+    items = [("io", str(tmp_path / "io")), ("bad", str(tmp_path / "bad"))]
+    with ray_session(None, 2):
+        results = {}
+        for (kind, _), ref in submit_bounded(((_flaky, item) for item in items), Resources(cpus=1, retries=2), 0):
+            try:
+                results[kind] = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                results[kind] = type(exc.cause).__name__
+    assert results == {"io": "ok", "bad": "WitError"}
+    assert len((tmp_path / "io").read_text()) == 2 and len((tmp_path / "bad").read_text()) == 1

@@ -79,3 +79,20 @@ def test_lock_of_a_store_folder_is_local(tmp_path) -> None:
     with output_lock(url, "filter"):
         with pytest.raises(Exception, match="in use"), output_lock(url + "/", "filter"):
             pass
+
+
+def test_a_store_failure_is_one_line_and_transient(monkeypatch) -> None:
+    """A store that refuses a request is a WitError (one line naming the object) and an OSError (Ray retries
+    the task); a missing object stays FileNotFoundError."""
+    from pipeline.core.errors import StoreError, WitError
+
+    folder = Folder(f"memory://wit-test-{uuid.uuid4().hex[:8]}/build")
+
+    def refuse(path: str) -> bytes:
+        raise PermissionError("Access Denied\nRequest id: 42")
+
+    monkeypatch.setattr(folder.fs, "cat_file", refuse)
+    with pytest.raises(StoreError) as info:
+        folder.read_json("x.json")
+    assert isinstance(info.value, WitError) and isinstance(info.value, OSError)
+    assert str(info.value) == f"{folder.loc('x.json')}: PermissionError: Access Denied"
