@@ -235,9 +235,11 @@ def _stage_parsers(subs: Any) -> None:
     p.add_argument("--out", default="eval", help="index folder; writes OUT/NAME/index.parquet")
     p = _sub(subs, "dedup", cmd_dedup, "Find (flag) or remove (drop) eval near-duplicates in any WebDataset shards.",
              DedupConfig)
-    p.add_argument("shards", help="folder (or tar) of WebDataset shards in img2dataset's layout")
+    p.add_argument("shards", help="folder, tar, glob or URL (s3://bucket/shards/) of WebDataset shards in "
+                   "img2dataset's layout")
     p.add_argument("--eval", nargs="+", required=True, metavar="NAME=PATH", help="eval sets or their indexes")
-    p.add_argument("--out", required=True, help="writes OUT/overlap.parquet (and clean shards in drop mode)")
+    p.add_argument("--out", required=True, help="writes OUT/overlap.parquet (and clean shards in drop mode); a "
+                   "folder or URL")
     p = _sub(subs, "download", cmd_download, "Download, resize and hash images on Ray into WebDataset shards.",
              DownloadConfig)
     p.add_argument("input", nargs="+", help="pairs to download: folder(s), parquet files or globs, local or URLs (url, caption)")
