@@ -158,7 +158,7 @@ class Folder:
         self.fs.invalidate_cache()
         base = self._key(sub)
         try:
-            found = self.fs.find(base)
+            found = self._call(sub, self.fs.find, base)
         except FileNotFoundError:
             return []
         return sorted(p[len(base) + 1:] for p in found if p.startswith(base + "/"))
@@ -205,7 +205,7 @@ class Folder:
                 target.unlink(missing_ok=True)
             return
         with contextlib.suppress(FileNotFoundError):
-            self.fs.rm(self._key(name), recursive=recursive)
+            self._call(name, self.fs.rm, self._key(name), recursive)
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:

@@ -96,3 +96,21 @@ def test_a_store_failure_is_one_line_and_transient(monkeypatch) -> None:
         folder.read_json("x.json")
     assert isinstance(info.value, WitError) and isinstance(info.value, OSError)
     assert str(info.value) == f"{folder.loc('x.json')}: PermissionError: Access Denied"
+
+
+@pytest.mark.parametrize("call", ["remove", "tree", "names", "write_bytes", "exists"])
+def test_every_store_call_fails_in_one_line(monkeypatch, call: str) -> None:
+    """An unreachable endpoint, whatever the operation: StoreError naming the object, never a traceback."""
+    from pipeline.core.errors import StoreError
+
+    folder = Folder(f"memory://wit-test-{uuid.uuid4().hex[:8]}/build")
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Could not connect to the endpoint URL")
+
+    for method in ("rm", "find", "ls", "pipe_file", "exists"):
+        monkeypatch.setattr(folder.fs, method, unreachable)
+    args = {"remove": ("_work",), "tree": ("_work",), "names": ("_work",), "write_bytes": ("a", b"x"),
+            "exists": ("a",)}[call]
+    with pytest.raises(StoreError, match=r"memory://.*/build/(_work|a).*Could not connect"):
+        getattr(folder, call)(*args)
