@@ -233,3 +233,18 @@ def test_galleries_read_only_the_start_of_a_big_tar(s3: Any, tmp_path: Path, mon
     # one read-ahead block per opening of the tar, not the 40 MiB object
     assert len(fetched) == 2 and max(fetched) < REMOTE_BLOCK + (64 << 10), fetched
     assert sum(fetched) < (tmp_path / "00000.tar").stat().st_size / 2
+
+
+def test_build_summary_and_dashboard_link_of_a_build_on_the_store(reports: dict[str, Any],
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """What ``wit build`` prints at its end and the flow's dashboard artifact link, read from the store."""
+    from flows.build_wit import _dashboard_link
+    from flows.cli import _print_summary
+
+    _print_summary(URL + "/")
+    out = capsys.readouterr().out
+    assert re.search(r"^candidates +150$", out, re.M) and "check downloaded == samples in shards: ok" in out
+    assert f"Dashboard: {URL}/reports/dashboard.html (copy it here" in out
+    link, where = _dashboard_link(URL)
+    assert link == f"{URL}/reports/dashboard.html" and where.startswith(link)
+    assert _dashboard_link(f"s3://{BUCKET}/nope") is None
