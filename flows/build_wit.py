@@ -7,7 +7,6 @@ Thin on purpose: each task calls one function of ``flows.stages``. Run it with n
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -18,6 +17,7 @@ import flows.stages as stages
 from flows.config import BuildConfig, build_config
 from flows.train_flow import train_wit
 from pipeline.core.errors import WitError
+from pipeline.core.storage import Folder
 from pipeline.report import funnel_lines, funnel_table, overlap_lines, overlap_table
 from pipeline.report.dashboard import PAGE
 
@@ -70,12 +70,24 @@ def _publish(report: dict[str, Any]) -> list[str]:
         create_table_artifact(key="build-wit-overlap", table=overlap_table(report["overlap"]),
                               description="zero-shot accuracy on All / Clean / Overlap per eval set (in %)")
         keys.append("build-wit-overlap")
-    page = Path(report.get("local_dir", report["build_dir"])).resolve() / "reports" / PAGE
-    if page.is_file():
-        create_link_artifact(key="build-wit-dashboard", link=page.as_uri(), link_text=f"dashboard: {page}",
+    link = _dashboard_link(report["build_dir"])
+    if link:
+        create_link_artifact(key="build-wit-dashboard", link=link[0], link_text=f"dashboard: {link[1]}",
                              description=description)
         keys.append("build-wit-dashboard")
     return keys
+
+
+def _dashboard_link(build_dir: str) -> tuple[str, str] | None:
+    """``(link, where)`` of the dashboard page: a ``file://`` link for a local build, the page's URL on the store
+    for a build there (a browser cannot open it: copy it here), None when it was not written."""
+    build = Folder(build_dir)
+    if not build.exists(f"reports/{PAGE}"):
+        return None
+    if build.remote:
+        return build.loc(f"reports/{PAGE}"), f"{build.loc(f'reports/{PAGE}')} (on the store: copy it to open it)"
+    page = (build.path / "reports" / PAGE).resolve()
+    return page.as_uri(), str(page)
 
 
 def _train_and_analyse(cfg: BuildConfig, config: dict[str, Any] | None, config_path: str | None) -> dict[str, Any]:

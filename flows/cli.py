@@ -16,6 +16,7 @@ from typing import Any, Callable, NoReturn
 from pipeline.core.config import add_config_args, config_from_args
 from pipeline.core.errors import WitError
 from pipeline.core.io import is_url
+from pipeline.core.storage import Folder
 from pipeline.core.env import set_quiet_env
 from dedup.index import EvalIndexConfig, build_eval_index
 from dedup.run import DedupConfig, run_dedup
@@ -135,6 +136,15 @@ def cmd_stats(args: argparse.Namespace) -> None:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> None:
+    if is_url(args.build_dir):
+        if args.serve:
+            raise WitError(f"{args.build_dir}: --serve serves a local build directory only (without --serve the "
+                           "page is written to the build's reports/)")
+        if not Folder(args.build_dir).exists(""):
+            raise WitError(f"{args.build_dir}: no such build directory")
+        write_report(args.build_dir)
+        print(Folder(args.build_dir).loc(f"reports/{PAGE}"))
+        return
     build = Path(args.build_dir)
     if not build.is_dir():
         raise WitError(f"{build}: no such build directory")
@@ -160,22 +170,25 @@ def cmd_build(args: argparse.Namespace) -> None:
         overrides["stages"] = args.stages
     cfg = build_config(overrides, args.config)  # validate before Prefect starts
     build_wit(config=overrides, config_path=args.config)
-    _print_summary(cfg.build_dir, cfg.local_root())
+    _print_summary(cfg.build_dir)
 
 
-def _print_summary(build_dir: str, local: Path) -> None:
-    """The funnel and overlap lines of a finished build; ``local`` is its local copy when it is on a store."""
-    report = build_report(local)
-    page = f"{build_dir.rstrip('/')}/reports/{PAGE} (copy: {(local / 'reports' / PAGE).resolve()})" \
-        if is_url(build_dir) else (Path(build_dir) / "reports" / PAGE).resolve()
+def _print_summary(build_dir: str) -> None:
+    """The funnel and overlap lines of a finished build (a local path or a URL: read where it is)."""
+    report = build_report(build_dir)
+    if is_url(build_dir):
+        page, how = f"{build_dir.rstrip('/')}/reports/{PAGE}", "copy it here and open it in a browser"
+    else:
+        page = (Path(build_dir) / "reports" / PAGE).resolve()
+        how = f"open it in a browser, or: wit dashboard {build_dir} --serve"
     print("\n".join(["", "Funnel:", *funnel_lines(report), "", *overlap_lines(report), "",
                      f"Reports: {build_dir.rstrip('/')}/reports (stats.json, stats.md, overlap.json)",
-                     f"Dashboard: {page} (open it in a browser, or: wit dashboard {local} --serve)"]))
+                     f"Dashboard: {page} ({how})"]))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), n_pairs=args.pairs, port=args.port, seed=args.seed, stages=args.stages)
-    _print_summary(str(Path(args.out)), Path(args.out))
+    _print_summary(str(Path(args.out)))
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

@@ -3,9 +3,9 @@ directory layout and the stage libraries. The Prefect flow wraps each in a task;
 CLI can call them directly. No Prefect import here.
 
 The build directory may be on an object store (``build_dir: s3://bucket/prefix``): the data stages (crawl,
-filter, balance, eval_index, download) read and write it there from their Ray tasks; training, the overlap
-analysis and the report run on the driver in the build's local working copy (``BuildConfig.path``) and copy
-their outputs to the store when they finish.
+filter, balance, eval_index, download) read and write it there from their Ray tasks; training and the overlap
+analysis run on the driver in the build's local working copy (``BuildConfig.path``) and copy their outputs to
+the store when they finish; the report reads the store in place and writes ``reports/`` there.
 """
 from __future__ import annotations
 
@@ -21,12 +21,6 @@ from pipeline.filter.stage import run_filter
 from pipeline.report import write_report
 from training.eval.overlap import run_overlap
 from training.train import latest_checkpoint, run_train
-
-#: Files of a build on a store the report does not copy to the driver (images; `_work` scratch); it reads the
-#: first :data:`REPORT_TARS` shards' tars for its galleries.
-REPORT_SKIP = ("*.tar", "*.lock")
-REPORT_TARS = 8
-
 
 def crawl(cfg: BuildConfig) -> dict[str, Any]:
     return run_crawl(list(cfg.inputs), cfg.location("candidates"), cfg.crawl).to_dict()
@@ -84,20 +78,6 @@ def overlap(cfg: BuildConfig, checkpoint: str | None = None, model: str | None =
 
 
 def report(cfg: BuildConfig) -> dict[str, Any]:
-    """``reports/stats.json``, ``stats.md`` and the dashboard. For a build on a store: made in the local working
-    copy from its files (images of the first shards only) and copied back to ``reports/``."""
-    if not cfg.remote:
-        return write_report(cfg.build_dir)
-    pull_for_report(cfg)
-    result = write_report(cfg.local_root())
-    cfg.folder().push(cfg.path("reports"), "reports")
-    return {**result, "build_dir": cfg.build_dir, "local_dir": str(cfg.local_root())}
-
-
-def pull_for_report(cfg: BuildConfig) -> None:
-    """Copy what the report reads of a build on a store into its local working copy."""
-    store, local = cfg.folder(), cfg.local_root()
-    for sub in ("candidates", "pairs", "balanced", "eval", "shards", "overlap", "train", "reports"):
-        store.pull(sub, local / sub, skip=REPORT_SKIP)
-    for name in store.names("shards", "[0-9]*.tar")[:REPORT_TARS]:
-        store.get(f"shards/{name}", local / "shards" / name)
+    """``reports/stats.json``, ``stats.md`` and the dashboard, read from and written to the build directory where
+    it is (also on a store: nothing of it is copied to the driver)."""
+    return write_report(cfg.location())

@@ -1,24 +1,22 @@
 """The dashboard's figures, aggregated from a build's per-row parquet columns one record batch at a time.
 
-Each function reads one stage's output folder and returns plain numbers, histograms and a few rows, or
+Each function reads one stage's output folder of the build (a :class:`~pipeline.core.storage.Folder`: a local
+path or a prefix on a store, read in place) and returns plain numbers, histograms and a few rows, or
 ``None`` when that stage has not written its output yet. Memory is bounded by the bins, the capacity of
 the counters and the number of distinct queries (balance's own per-query table), never by the rows.
 """
 from __future__ import annotations
 
-import json
-import tarfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from pipeline.core.io import read_json
+from pipeline.core.io import Part, read_schema
 from pipeline.core.stats import STATS_FILE
-from pipeline.report.stream import Histogram, TopCounter, batches, column, first_rows, numbers, parts
+from pipeline.core.storage import Folder
+from pipeline.report.stream import Histogram, TopCounter, batches, column, first_rows, numbers, open_tar, parts
 
 #: Words left out of the frequent-words table (articles, prepositions, pronouns and the like).
 STOPWORDS = frozenset("""a an the and or but of in on at to for with by from into onto over under as is are was
@@ -29,12 +27,13 @@ WORD_SPLIT = r"[^\pL\pN']+"
 IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"})
 SAMPLE_ROWS = 5
 TAR_IMAGES = 1_000_000  # stored-image bytes and formats: from the first shards holding this many images
+#: On a store a tar's headers are only reached by streaming the whole object: the first shards this many at most.
+REMOTE_TARS = 8
 
 
-def stage_extra(folder: Path) -> dict[str, Any]:
+def stage_extra(folder: Folder) -> dict[str, Any]:
     """The ``extra`` of a stage's ``_stats.json`` (empty when the stage has not finished)."""
-    path = folder / STATS_FILE
-    return read_json(path).get("extra", {}) if path.is_file() else {}
+    return folder.read_json(STATS_FILE).get("extra", {}) if folder.exists(STATS_FILE) else {}
 
 
 # ---------------------------------------------------------------- captions (filter)
@@ -69,7 +68,7 @@ def _words(captions: pa.Array) -> pa.Array:
     return words.filter(keep)
 
 
-def caption_stats(build: Path) -> dict[str, Any] | None:
+def caption_stats(build: Folder) -> dict[str, Any] | None:
     """Captions of the filter's kept and rejected pairs (or the crawl's candidates before a filter ran)."""
     groups = {"kept": parts(build / "pairs" / "kept"), "rejected": parts(build / "pairs" / "rejected")}
     source = "pairs"
@@ -88,14 +87,14 @@ def caption_stats(build: Path) -> dict[str, Any] | None:
 
 # ---------------------------------------------------------------- WIT balancing
 
-def query_stats(build: Path, head: int = 15) -> dict[str, Any] | None:
+def query_stats(build: Folder, head: int = 15) -> dict[str, Any] | None:
     """Per-query pair counts before and after balancing (matched queries only), head, tail and over ``t``."""
-    path = build / "balanced" / "_queries" / "query_counts.parquet"
-    if not path.is_file():
+    path = "balanced/_queries/query_counts.parquet"
+    if not build.exists(path):
         return None
     names: list[str] = []
     before, after, n_queries = [], [], 0
-    for batch in batches([path], ["query", "count", "kept"]):
+    for batch in batches([build.part(path)], ["query", "count", "kept"]):
         n_queries += batch.num_rows
         matched = batch.filter(pc.greater(column(batch, "count"), 0))
         names += matched.column(matched.schema.get_field_index("query")).to_pylist()
@@ -116,14 +115,15 @@ def query_stats(build: Path, head: int = 15) -> dict[str, Any] | None:
 
 # ---------------------------------------------------------------- images (shards)
 
-def shard_parts(build: Path) -> list[Path]:
+def shard_parts(build: Folder) -> list[Part]:
     return parts(build / "shards", "[0-9]*.parquet")
 
 
-def image_stats(build: Path, max_tar_images: int = TAR_IMAGES) -> dict[str, Any] | None:
+def image_stats(build: Folder, max_tar_images: int = TAR_IMAGES) -> dict[str, Any] | None:
     """Sizes and aspect ratios of the downloaded originals (all shard rows); bytes and formats of the
-    stored samples from tar member headers (no image is read) of the first shards, until ``max_tar_images``
-    images were seen (walking every header of a 100M-sample build would take hours)."""
+    stored samples from tar member headers (no image is decoded) of the first shards, until ``max_tar_images``
+    images were seen (walking every header of a 100M-sample build would take hours), and of at most
+    :data:`REMOTE_TARS` shards on a store."""
     paths = shard_parts(build)
     if not paths:
         return None
@@ -136,22 +136,22 @@ def image_stats(build: Path, max_tar_images: int = TAR_IMAGES) -> dict[str, Any]
         hist["height"].add(h)
         if len(w) == len(h):
             hist["aspect"].add(w[h > 0] / h[h > 0])
-    formats, tars = TopCounter(100), sorted((build / "shards").glob("[0-9]*.tar"))
+    formats, tars = TopCounter(100), build.names("shards", "[0-9]*.tar")
     read = 0
     for tar in tars:
-        if hist["bytes"].n >= max_tar_images:
+        if hist["bytes"].n >= max_tar_images or (build.remote and read >= REMOTE_TARS):
             break
-        sizes, exts = _image_members(tar)
+        sizes, exts = _image_members(build / "shards", tar)
         hist["bytes"].add(np.asarray(sizes, dtype=np.float64))
         formats.add_counts(exts.keys(), exts.values())
         read += 1
     return {**hist, "formats": formats, "tars_read": read, "tars": len(tars)}
 
 
-def _image_members(tar: Path) -> tuple[list[int], dict[str, int]]:
+def _image_members(shards: Folder, tar: str) -> tuple[list[int], dict[str, int]]:
     sizes: list[int] = []
     exts: dict[str, int] = {}
-    with tarfile.open(tar) as tf:
+    with open_tar(shards, tar) as tf:
         for member in tf:
             ext = member.name.rpartition(".")[2].lower()
             if member.isfile() and ext in IMAGE_EXTS:
@@ -165,7 +165,7 @@ def _image_members(tar: Path) -> tuple[list[int], dict[str, int]]:
 _HOST = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^/:?#]+)"
 
 
-def download_stats(build: Path, top: int = 15) -> dict[str, Any] | None:
+def download_stats(build: Folder, top: int = 15) -> dict[str, Any] | None:
     """Hosts with their success rate (shard rows) and per-shard timings and attempts (shard stats)."""
     paths = shard_parts(build)
     if not paths:
@@ -177,19 +177,19 @@ def download_stats(build: Path, top: int = 15) -> dict[str, Any] | None:
         success.add(host.filter(pc.fill_null(pc.equal(column(batch, "status"), "success"), False)))
     hosts = [{"host": h, "urls": n, "success": success.counts.get(h, 0),
               "rate": success.counts.get(h, 0) / n if n else None} for h, n in total.most_common(top)]
-    shards = [_shard_row(p) for p in sorted((build / "shards").glob("[0-9]*_stats.json"))]
+    shards = [_shard_row(build / "shards", name) for name in build.names("shards", "[0-9]*_stats.json")]
     return {"hosts": hosts, "distinct_hosts": len(total.counts), "hosts_error": total.error, "shards": shards}
 
 
-def _shard_row(path: Path) -> dict[str, Any]:
-    s = json.loads(path.read_text())
+def _shard_row(shards: Folder, name: str) -> dict[str, Any]:
+    s = shards.read_json(name)
     count, duration = s.get("count", 0), s.get("duration") or 0.0
-    return {"shard": path.name.removesuffix("_stats.json"), "urls": count, "success": s.get("successes", 0),
+    return {"shard": name.removesuffix("_stats.json"), "urls": count, "success": s.get("successes", 0),
             "attempts": s.get("attempts", count), "retried": s.get("retried", 0), "seconds": duration,
             "urls_per_s": count / duration if duration else None}
 
 
-def drop_samples(build: Path, stages: dict[str, dict[str, Any]], k: int = SAMPLE_ROWS) -> dict[str, dict]:
+def drop_samples(build: Folder, stages: dict[str, dict[str, Any]], k: int = SAMPLE_ROWS) -> dict[str, dict]:
     """The first ``k`` rows of each drop reason of the stages that keep their dropped rows."""
     where = {"filter": (parts(build / "pairs" / "rejected"), ["caption", "url", "lang", "lang_score"]),
              "balance": (parts(build / "balanced" / "_rejected"), ["caption", "url"]),
@@ -204,20 +204,20 @@ def drop_samples(build: Path, stages: dict[str, dict[str, Any]], k: int = SAMPLE
 
 # ---------------------------------------------------------------- eval dedup
 
-def _thresholds(build: Path, path: Path) -> dict[str, int]:
+def _thresholds(build: Folder, part: Part) -> dict[str, int]:
     """The matcher's distance thresholds: from the overlap file, ``wit dedup``'s or the download's stats."""
-    meta = {k.decode(): v.decode() for k, v in (pq.read_schema(path).metadata or {}).items()}
+    meta = {k.decode(): v.decode() for k, v in (read_schema(part).metadata or {}).items()}
     for extra in (meta, stage_extra(build / "overlap"), stage_extra(build / "shards")):
         if "max_distance" in extra:
             return {k: int(extra[k]) for k in ("max_distance", "max_dct_distance") if k in extra}
     return {}
 
 
-def overlap_stats(build: Path, pairs_per_set: int = 12) -> dict[str, Any] | None:
+def overlap_stats(build: Folder, pairs_per_set: int = 12) -> dict[str, Any] | None:
     """Near-duplicate matches per eval set, distance histograms, match variants and the first pairs."""
-    path = build / "overlap" / "overlap.parquet"
-    if not path.is_file():
+    if not build.exists("overlap/overlap.parquet"):
         return None
+    path = build.part("overlap/overlap.parquet")
     per_set: dict[str, dict[str, set]] = {}
     dist, dct = Histogram(np.arange(-0.5, 65)), Histogram(np.arange(-0.5, 257, 4))
     variants = TopCounter(1_000)
@@ -238,6 +238,6 @@ def overlap_stats(build: Path, pairs_per_set: int = 12) -> dict[str, Any] | None
             "thresholds": _thresholds(build, path), "pairs": [r for rows in pairs.values() for r in rows]}
 
 
-def _eval_size(build: Path, name: str) -> int | None:
-    path = build / "eval" / name / STATS_FILE
-    return read_json(path).get("kept") if path.is_file() else None
+def _eval_size(build: Folder, name: str) -> int | None:
+    path = f"eval/{name}/{STATS_FILE}"
+    return build.read_json(path).get("kept") if build.exists(path) else None

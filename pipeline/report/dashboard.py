@@ -1,7 +1,10 @@
 """``reports/dashboard.html``: the build's statistics as one self-contained page.
 
-``write_report(build_dir)`` writes ``reports/stats.json``, ``stats.md`` and the page; ``is_stale`` says
-whether a stage has written something since (``wit dashboard --serve`` regenerates then).
+``write_report(build_dir)`` writes ``reports/stats.json``, ``stats.md`` and the page; the build directory is a
+local path or a URL (``s3://bucket/prefix``): its files are read where they are (stats files whole, parquet
+parts by ranges batch by batch, the few shard tars the galleries show streamed) and the outputs written
+there, nothing of the build copied to this machine's disk. ``is_stale`` says whether a stage has written
+something since (``wit dashboard --serve`` regenerates then; local builds only).
 """
 from __future__ import annotations
 
@@ -9,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.core.io import atomic_path
 from pipeline.core.stats import STATS_FILE
-from pipeline.report.funnel import STAGE_DIRS, build_report, write_stats
+from pipeline.core.storage import Folder
+from pipeline.report.funnel import STAGE_DIRS, build_folder, build_report, write_stats
 from pipeline.report.page import document, section
 from pipeline.report.sections import SECTIONS
 
@@ -21,30 +24,28 @@ INPUTS = ("overlap/overlap.parquet", "overlap/_stats.json", "reports/overlap.jso
           "train/results.jsonl", "balanced/_queries/query_counts.parquet", "shards/sizes.json")
 
 
-def render(build_dir: str | Path, report: dict[str, Any] | None = None) -> str:
+def render(build_dir: str | Path | Folder, report: dict[str, Any] | None = None) -> str:
     """The page's HTML for a build directory (``report`` from :func:`build_report`, computed when omitted)."""
-    build = Path(build_dir)
+    build = build_folder(build_dir)
     report = report or build_report(build)
     parts, nav = [], []
     for sid, title, make in SECTIONS:
         body, has_data = make(build, report)
         parts.append(section(sid, title, body))
         nav.append((sid, title, has_data))
-    subtitle = f"{build.resolve()} · generated {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    where = build.location if build.remote else build.path.resolve()
+    subtitle = f"{where} · generated {time.strftime('%Y-%m-%d %H:%M:%S')}"
     return document("wit-builder build statistics", subtitle, nav, "".join(parts))
 
 
-def write_dashboard(build_dir: str | Path, report: dict[str, Any] | None = None) -> Path:
-    """Write ``reports/dashboard.html`` and return its path."""
-    path = Path(build_dir) / "reports" / PAGE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    html = render(build_dir, report)
-    with atomic_path(path) as tmp:
-        tmp.write_text(html, encoding="utf-8")
-    return path
+def write_dashboard(build_dir: str | Path | Folder, report: dict[str, Any] | None = None) -> str:
+    """Write ``reports/dashboard.html`` and return its path or URL."""
+    build = build_folder(build_dir)
+    build.write_bytes(f"reports/{PAGE}", render(build, report).encode("utf-8"))
+    return build.loc(f"reports/{PAGE}")
 
 
-def write_report(build_dir: str | Path) -> dict[str, Any]:
+def write_report(build_dir: str | Path | Folder) -> dict[str, Any]:
     """Compute the report and write ``reports/stats.json``, ``stats.md`` and ``dashboard.html``."""
     report = build_report(build_dir)
     write_stats(report)

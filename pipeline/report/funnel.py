@@ -1,48 +1,56 @@
 """The build's funnel: every candidate accounted for, from the stages' own ``_stats.json`` files.
 
-``build_report(build_dir)`` reads what each stage wrote (never logs), checks that the sums add up and
+``build_report(build_dir)`` reads what each stage wrote (never logs; a local path or a URL, read through
+:class:`~pipeline.core.storage.Folder`), checks that the sums add up and
 returns the report (with each stage's ``_stats.json`` under ``stages``); ``write_stats`` stores it as
 ``reports/stats.json`` and ``reports/stats.md``. The dashboard page is :mod:`pipeline.report.dashboard`.
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from pipeline.core.io import atomic_path, read_json, write_json
+from pipeline.core.io import is_url
 from pipeline.core.stats import STATS_FILE, StageStats
+from pipeline.core.storage import Folder
+from pipeline.report.stream import batches, column
 
 STAGE_DIRS = {"crawl": "candidates", "filter": "pairs", "balance": "balanced", "download": "shards"}
 
 
-def _stage(build: Path, name: str) -> StageStats | None:
-    path = build / STAGE_DIRS[name] / STATS_FILE
-    return StageStats.read(path.parent) if path.is_file() else None
+def build_folder(build_dir: str | os.PathLike | Folder) -> Folder:
+    """The build directory as a :class:`Folder` (a local path as ``Path`` writes it, or a URL)."""
+    if isinstance(build_dir, Folder):
+        return build_dir
+    text = str(build_dir)
+    return Folder(text if is_url(text) else Path(text))
 
 
-def _eval_duplicates(build: Path) -> dict[str, int]:
-    path = build / "overlap" / "overlap.parquet"
-    if not path.is_file():
+def _stage(build: Folder, name: str) -> StageStats | None:
+    folder = build / STAGE_DIRS[name]
+    return StageStats.read(folder) if folder.exists(STATS_FILE) else None
+
+
+def _eval_duplicates(build: Folder) -> dict[str, int]:
+    if not build.exists("overlap/overlap.parquet"):
         return {}
-    table = pq.read_table(path, columns=["eval_set", "key"]).to_pylist()
     per_set: dict[str, set] = {}
-    for row in table:
-        per_set.setdefault(row["eval_set"], set()).add(row["key"])
+    for batch in batches([build.part("overlap/overlap.parquet")], ["eval_set", "key"]):
+        for name, key in zip(column(batch, "eval_set").to_pylist(), column(batch, "key").to_pylist()):
+            per_set.setdefault(name, set()).add(key)
     return {name: len(keys) for name, keys in sorted(per_set.items())}
 
 
-def _shards(build: Path) -> tuple[int, int]:
-    sizes_path = build / "shards" / "sizes.json"
-    if not sizes_path.is_file():
+def _shards(build: Folder) -> tuple[int, int]:
+    if not build.exists("shards/sizes.json"):
         return 0, 0
-    sizes = read_json(sizes_path)
+    sizes = build.read_json("shards/sizes.json")
     return len(sizes), sum(sizes.values())
 
 
-def _funnel(build: Path) -> dict[str, Any]:
+def _funnel(build: Folder) -> dict[str, Any]:
     crawl, filt, bal, down = (_stage(build, s) for s in ("crawl", "filter", "balance", "download"))
     n_shards, n_samples = _shards(build)
     return {
@@ -77,24 +85,24 @@ def _checks(f: dict[str, Any]) -> dict[str, bool]:
     return checks
 
 
-def _train_results(build: Path) -> list[dict[str, Any]]:
-    path = build / "train" / "results.jsonl"
-    if not path.is_file():
+def _train_results(build: Folder) -> list[dict[str, Any]]:
+    if not build.exists("train/results.jsonl"):
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = build.read_bytes("train/results.jsonl").decode()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def build_report(build_dir: str | Path) -> dict[str, Any]:
-    """The funnel, its checks, the overlap analysis and training results of a build directory."""
-    build = Path(build_dir)
+def build_report(build_dir: str | os.PathLike | Folder) -> dict[str, Any]:
+    """The funnel, its checks, the overlap analysis and training results of a build directory (a local path or
+    a URL: its files are read where they are)."""
+    build = build_folder(build_dir)
     funnel = _funnel(build)
-    overlap_path = build / "reports" / "overlap.json"
     return {
-        "build_dir": str(build),
+        "build_dir": build.location,
         "stages": {name: stats.to_dict() for name in STAGE_DIRS if (stats := _stage(build, name)) is not None},
         "funnel": funnel,
         "checks": _checks(funnel),
-        "overlap": read_json(overlap_path) if overlap_path.is_file() else None,
+        "overlap": build.read_json("reports/overlap.json") if build.exists("reports/overlap.json") else None,
         "train": _train_results(build),
     }
 
@@ -158,9 +166,9 @@ def overlap_lines(report: dict[str, Any]) -> list[str]:
 
 
 def write_stats(report: dict[str, Any]) -> None:
-    """Write ``reports/stats.json`` and ``reports/stats.md`` of ``report`` (from :func:`build_report`)."""
-    reports = Path(report["build_dir"]) / "reports"
-    write_json(reports / "stats.json", report)
+    """Write ``reports/stats.json`` and ``reports/stats.md`` of ``report`` (from :func:`build_report`) into its
+    build directory, local or on a store."""
+    build = build_folder(report["build_dir"])
+    build.write_json("reports/stats.json", report)
     md = ["# Build statistics", "", "```", *funnel_lines(report), "```", "", *overlap_lines(report), ""]
-    with atomic_path(reports / "stats.md") as tmp:
-        tmp.write_text("\n".join(md))
+    build.write_bytes("reports/stats.md", "\n".join(md).encode())

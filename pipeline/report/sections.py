@@ -1,15 +1,16 @@
 """The dashboard's sections: each reads what it needs of a build and returns ``(html, has data)``; a stage
-that has not written its output yet shows as "not run"."""
+that has not written its output yet shows as "not run". The build is a :class:`~pipeline.core.storage.Folder`
+(a local path or a prefix on a store, read in place)."""
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 from typing import Any, Callable
 
 import pipeline.report.aggregate as agg
 import pipeline.report.charts as charts
 import pipeline.report.thumbs as thumbs
 import pipeline.report.trainlog as trainlog
+from pipeline.core.storage import Folder
 from pipeline.report.funnel import STAGE_DIRS, overlap_table
 from pipeline.report.page import chart, esc, fmt, grid, grid3, not_run, num, pct, rows_table, table, tiles
 
@@ -26,7 +27,7 @@ def anchor(stage: str, reason: str) -> str:
 
 # ---------------------------------------------------------------- overview and funnel
 
-def overview(build: Path, report: dict[str, Any]) -> Section:
+def overview(build: Folder, report: dict[str, Any]) -> Section:
     f = report["funnel"]
     items = [("<img> tags seen", num(f["img_tags_seen"], "funnel.img_tags_seen")),
              ("candidates", num(f["candidates"], "funnel.candidates")),
@@ -73,7 +74,7 @@ def _sample_rows(samples: dict[str, dict[str, list[dict]]]) -> str:
     return "<h3>Sample rows per drop reason</h3>" + "".join(blocks) if blocks else ""
 
 
-def funnel(build: Path, report: dict[str, Any]) -> Section:
+def funnel(build: Folder, report: dict[str, Any]) -> Section:
     stages = report["stages"]
     if not stages:
         return not_run("no stage has finished yet", "Each stage appears here when its _stats.json is written."), False
@@ -93,7 +94,7 @@ def _marks(th: dict[str, Any], *keys: str) -> list[tuple[float, str]]:
     return [(th[k], f"{k} {th[k]}") for k in keys if th.get(k)]
 
 
-def captions(build: Path, report: dict[str, Any]) -> Section:
+def captions(build: Folder, report: dict[str, Any]) -> Section:
     c = agg.caption_stats(build)
     if c is None:
         return not_run("crawl/filter", "No candidate or filtered pairs yet."), False
@@ -128,7 +129,7 @@ def _approx(counter: Any) -> str:
 
 # ---------------------------------------------------------------- balancing
 
-def balance(build: Path, report: dict[str, Any]) -> Section:
+def balance(build: Folder, report: dict[str, Any]) -> Section:
     q = agg.query_stats(build)
     if q is None:
         return not_run("balance", "balanced/_queries/query_counts.parquet is written by the balance stage."), False
@@ -149,7 +150,7 @@ def balance(build: Path, report: dict[str, Any]) -> Section:
 
 # ---------------------------------------------------------------- images and download
 
-def images(build: Path, report: dict[str, Any]) -> Section:
+def images(build: Folder, report: dict[str, Any]) -> Section:
     s = agg.image_stats(build)
     if s is None:
         return not_run("download", "No shards yet."), False
@@ -167,7 +168,7 @@ def images(build: Path, report: dict[str, Any]) -> Section:
     return grid(*items), True
 
 
-def download(build: Path, report: dict[str, Any]) -> Section:
+def download(build: Folder, report: dict[str, Any]) -> Section:
     d, stats = agg.download_stats(build), report["stages"].get("download")
     if d is None or stats is None:
         return not_run("download", "No shards yet."), False
@@ -194,7 +195,7 @@ def download(build: Path, report: dict[str, Any]) -> Section:
 
 # ---------------------------------------------------------------- eval dedup
 
-def _pair(build: Path, row: dict[str, Any], web: dict[str, Any]) -> str:
+def _pair(build: Folder, row: dict[str, Any], web: dict[str, Any]) -> str:
     def img(uri: str | None, alt: str) -> str:
         return f"<img src='{uri}' alt='{esc(alt)}'>" if uri else "<span class=missing>n/a</span>"
 
@@ -207,7 +208,7 @@ def _pair(build: Path, row: dict[str, Any], web: dict[str, Any]) -> str:
             f"<br><span class=note>{esc(w.get('caption', ''))}</span></div>")
 
 
-def dedup(build: Path, report: dict[str, Any]) -> Section:
+def dedup(build: Folder, report: dict[str, Any]) -> Section:
     o = agg.overlap_stats(build)
     if o is None:
         return not_run("eval dedup", "overlap/overlap.parquet is written by the download (or `wit dedup`)."), False
@@ -232,7 +233,7 @@ def dedup(build: Path, report: dict[str, Any]) -> Section:
     return body, True
 
 
-def gallery(build: Path, report: dict[str, Any]) -> Section:
+def gallery(build: Folder, report: dict[str, Any]) -> Section:
     items = thumbs.gallery(build / "shards")
     if not items:
         return not_run("download", "No samples in shards yet."), False
@@ -243,16 +244,15 @@ def gallery(build: Path, report: dict[str, Any]) -> Section:
 
 # ---------------------------------------------------------------- training and overlap analysis
 
-def _overlap_figure(build: Path) -> str:
-    png = build / "reports" / "overlap.png"
-    if not png.is_file():
+def _overlap_figure(build: Folder) -> str:
+    if not build.exists("reports/overlap.png"):
         return ""
-    uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+    uri = "data:image/png;base64," + base64.b64encode(build.read_bytes("reports/overlap.png")).decode("ascii")
     return f"<figure class=chart><img class=wide src='{uri}' alt='overlap analysis'><figcaption>reports/overlap.png" \
            f"</figcaption></figure>"
 
 
-def training(build: Path, report: dict[str, Any]) -> Section:
+def training(build: Folder, report: dict[str, Any]) -> Section:
     loss, zs = trainlog.loss_curve(build), trainlog.zeroshot_curves(build)
     if loss is None and not report["train"] and not report["overlap"]:
         return not_run("train", "No open_clip log in train/ yet."), False
@@ -281,7 +281,7 @@ def training(build: Path, report: dict[str, Any]) -> Section:
     return body, True
 
 
-SECTIONS: list[tuple[str, str, Callable[[Path, dict[str, Any]], Section]]] = [
+SECTIONS: list[tuple[str, str, Callable[[Folder, dict[str, Any]], Section]]] = [
     ("overview", "Overview", overview), ("funnel", "Funnel", funnel), ("captions", "Captions", captions),
     ("balance", "WIT balancing", balance), ("images", "Images", images), ("download", "Download", download),
     ("dedup", "Eval dedup", dedup), ("gallery", "Sample gallery", gallery), ("training", "Training", training),

@@ -2,7 +2,8 @@
 
 Each request for the page first checks whether a stage has written anything since the page was made
 (:func:`pipeline.report.dashboard.is_stale`) and regenerates it then, at most once per ``min_interval_s``;
-the served page reloads itself every ``refresh_s`` seconds, so stages appear as they finish.
+the served page reloads itself every ``refresh_s`` seconds, so stages appear as they finish. Local build
+directories only (a build on a store: ``wit dashboard URL`` writes its page there).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from pipeline.core.errors import WitError
+from pipeline.core.io import is_url
 from pipeline.report.dashboard import PAGE, is_stale, write_report
 from pipeline.report.page import HEAD_START
 
@@ -69,7 +72,11 @@ def _handler(state: DashboardState) -> type[http.server.BaseHTTPRequestHandler]:
 def dashboard_server(build_dir: str | Path, host: str = "127.0.0.1", port: int = 0, refresh_s: int = 30,
                      min_interval_s: float = 5.0, log: Callable[[str], None] = print
                      ) -> Iterator[http.server.ThreadingHTTPServer]:
-    """A running server (in a background thread) for the dashboard of ``build_dir``; ``.url`` is its address."""
+    """A running server (in a background thread) for the dashboard of ``build_dir`` (a local folder: a build on
+    a store gets its page from ``wit dashboard URL`` without --serve); ``.url`` is its address."""
+    if is_url(str(build_dir)):
+        raise WitError(f"{build_dir}: --serve serves a local build directory only (without --serve the page is "
+                       "written to the build's reports/)")
     state = DashboardState(Path(build_dir), refresh_s, min_interval_s, log)
     state.refresh(force=True)
     server = http.server.ThreadingHTTPServer((host, port), _handler(state))

@@ -1,39 +1,63 @@
 """Streaming aggregation over parquet parts: memory bounded whatever the number of rows.
 
-Parts are read one record batch at a time (:func:`batches`); numbers go into fixed-bin histograms
+Parts are local files or objects on a store (a build on ``s3://``): read one record batch at a time
+(:func:`batches`, by ranges on a store, never fetched whole); shard tars are streamed (:func:`open_tar`).
+Numbers go into fixed-bin histograms
 (:class:`Histogram`), values into bounded counters (:class:`TopCounter`, Misra-Gries: exact while fewer
 than ``capacity`` distinct values were seen, else each count is low by at most ``error``), and example
 rows are the first few of each value (:func:`first_rows`), so a scan can stop as soon as it has them.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from pathlib import Path
+import tarfile
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+
+from pipeline.core.errors import WitError
+from pipeline.core.io import REMOTE_BLOCK, Part, is_part_name, one_line, open_parquet, remote_errors
+from pipeline.core.storage import Folder
 
 BATCH_ROWS = 65_536
 
 
-def parts(folder: Path, pattern: str = "*.parquet") -> list[Path]:
+def parts(folder: Folder, pattern: str = "*.parquet") -> list[Part]:
     """The parquet parts of ``folder`` in name order (sidecars starting with ``_`` or ``.`` left out)."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob(pattern) if p.is_file() and not p.name.startswith(("_", ".")))
+    return [folder.part(name) for name in folder.names("", pattern) if is_part_name(name)]
 
 
-def batches(paths: Iterable[Path], columns: Iterable[str], batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+def batches(paths: Iterable[Part], columns: Iterable[str], batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
     """Record batches of ``columns`` (those a part has) from each part in turn."""
     wanted = list(columns)
     for path in paths:
-        pf = pq.ParquetFile(path)
-        cols = [c for c in wanted if c in pf.schema_arrow.names]
-        if cols:
-            yield from pf.iter_batches(batch_size=batch_rows, columns=cols)
+        with open_parquet(path) as pf:
+            cols = [c for c in wanted if c in pf.schema_arrow.names]
+            if cols:
+                yield from pf.iter_batches(batch_size=batch_rows, columns=cols)
+
+
+@contextlib.contextmanager
+def open_tar(folder: Folder, name: str) -> Iterator[tarfile.TarFile]:
+    """The tar ``name`` of ``folder``: a local one opened as a file (headers reached by seeking), one on a store
+    streamed from its start (``r|*``, read-ahead :data:`~pipeline.core.io.REMOTE_BLOCK`): a reader that stops
+    early fetches only the start of the object. Iterate its members once, in order."""
+    if not folder.remote:
+        with tarfile.open(folder.loc(name)) as tf:
+            yield tf
+        return
+    part = folder.part(name)
+    try:
+        raw = part.fs.open(part.path, "rb", block_size=REMOTE_BLOCK)  # type: ignore[union-attr]
+    except FileNotFoundError:
+        raise WitError(f"{part}: not found") from None
+    except remote_errors() as exc:
+        raise WitError(f"{part}: cannot read ({one_line(exc)})") from None
+    with raw, tarfile.open(fileobj=raw, mode="r|*") as tf:
+        yield tf
 
 
 def column(batch: pa.RecordBatch, name: str) -> pa.Array | None:

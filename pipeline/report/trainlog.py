@@ -1,27 +1,32 @@
 """Training curves from open_clip's own files in ``train/<name>/``: the loss from ``out.log`` (its
-``Train Epoch`` lines) and zero-shot accuracies from ``results.jsonl`` (written when it evaluates)."""
+``Train Epoch`` lines, read line by line) and zero-shot accuracies from ``results.jsonl`` (written when it
+evaluates); the build is a :class:`~pipeline.core.storage.Folder` (local or on a store)."""
 from __future__ import annotations
 
+import io
 import json
 import re
-from pathlib import Path
 from typing import Any
+
+from pipeline.core.storage import Folder
 
 _TRAIN_LINE = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+)[^\]]*\].*?\bLoss: ([-+0-9.eE]+|nan|inf) \(([-+0-9.eE]+|nan|inf)\)")
 
 
-def _run_dirs(build: Path) -> list[Path]:
-    train = build / "train"
-    return sorted(d for d in train.iterdir() if (d / "out.log").is_file()) if train.is_dir() else []
+def _run_dirs(build: Folder) -> list[str]:
+    """``train/<name>`` of each open_clip run (a folder with an ``out.log``), sorted."""
+    runs = sorted(rel.removesuffix("/out.log") for rel in build.tree("train")
+                  if rel.endswith("/out.log") and rel.count("/") == 1)
+    return [f"train/{run}" for run in runs]
 
 
-def loss_curve(build: Path) -> dict[str, list[float]] | None:
+def loss_curve(build: Folder) -> dict[str, list[float]] | None:
     """``{"epoch": [...], "loss": [...], "smoothed": [...]}``: one point per logged step, x in epochs."""
     runs = _run_dirs(build)
     if not runs:
         return None
     curve: dict[str, list[float]] = {"epoch": [], "loss": [], "smoothed": []}
-    with (runs[-1] / "out.log").open(errors="replace") as log:
+    with build.open(f"{runs[-1]}/out.log") as raw, io.TextIOWrapper(raw, "utf-8", errors="replace") as log:
         for line in log:
             m = _TRAIN_LINE.search(line)
             if m:
@@ -32,12 +37,12 @@ def loss_curve(build: Path) -> dict[str, list[float]] | None:
     return curve if curve["epoch"] else None
 
 
-def zeroshot_curves(build: Path) -> dict[str, dict[str, list[float]]] | None:
+def zeroshot_curves(build: Folder) -> dict[str, dict[str, list[float]]] | None:
     """``{metric: {"epoch": [...], "value": [...]}}`` of the zero-shot metrics open_clip evaluated."""
     curves: dict[str, dict[str, list[float]]] = {}
     for run in _run_dirs(build):
-        path = run / "results.jsonl"
-        lines = path.read_text().splitlines() if path.is_file() else []
+        path = f"{run}/results.jsonl"
+        lines = build.read_bytes(path).decode().splitlines() if build.exists(path) else []
         for record in (json.loads(line) for line in lines if line.strip()):
             for metric, value in record.items():
                 if "zeroshot" in metric and isinstance(value, (int, float)):
