@@ -70,8 +70,7 @@ class BuildConfig(Config):
 
     def path(self, *names: str) -> Path:
         """A local folder of the build: in the build directory, or for a build on a store in its local working
-        copy (:meth:`local_root`), where training, the overlap analysis and the report work before their
-        outputs are copied to the store."""
+        copy (:meth:`local_root`), where the overlap analysis works before its reports are copied to the store."""
         return Path(self.local_root(), *names)
 
     def local_root(self) -> Path:

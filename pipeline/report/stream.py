@@ -154,7 +154,7 @@ class TopCounter:
         return sorted(self.counts.items(), key=lambda vc: (-vc[1], str(vc[0])))[:k]
 
 
-def first_rows(paths: Iterable[Path], key: str, wanted: Iterable[str], columns: list[str],
+def first_rows(paths: Iterable[Part], key: str, wanted: Iterable[str], columns: list[str],
                k: int) -> dict[str, list[dict[str, Any]]]:
     """The first ``k`` rows (``columns``) of each value of ``key`` in ``wanted``, in file order; the scan
     stops once every wanted value has ``k`` rows."""
