@@ -174,11 +174,12 @@ def index_file(path: str | os.PathLike) -> str:
     return str(Path(text) / INDEX_FILE) if Path(text).is_dir() else text
 
 
-def _index_bytes(file: str) -> pa.BufferReader:
-    """The index file's bytes (an index is small: a few hashes per eval image), local or on a store."""
+def index_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of an eval index (its folder or file, local or URL; small: a few hashes per eval image)."""
+    file = index_file(path)
     folder, name = file.rsplit("/", 1) if is_url(file) else (str(Path(file).parent), Path(file).name)
     try:
-        return pa.BufferReader(Folder(folder).read_bytes(name))
+        return Folder(folder).read_bytes(name)
     except (FileNotFoundError, IsADirectoryError):
         raise WitError(f"{file}: eval index not found (build it with `wit eval-index`)") from None
 
@@ -187,7 +188,7 @@ def load_eval_index(path: str | os.PathLike, columns: list[str] | None = None) -
     """Read an eval index (its folder or its ``index.parquet``, local or URL): ``eval_id``, ``label``, ``phash``,
     ... A file that is unreadable, lacks a column, holds another type or empty ids or hashes is a ``WitError``."""
     file = index_file(path)
-    data = _index_bytes(file)
+    data = pa.BufferReader(index_bytes(file))
     try:
         _check_schema(file, pq.read_schema(data), columns)
         table = pq.read_table(data, columns=columns)

@@ -12,14 +12,13 @@ import dataclasses
 import hashlib
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pyarrow as pa
 
-from dedup.index import INDEX_FILE, load_robust_index
+from dedup.index import index_bytes, load_robust_index
 from dedup.match import RobustIndex
 from pipeline.download.config import OVERLAP_FILE, SIZES_FILE, DownloadConfig
 from pipeline.download.img2dataset_engine import Img2datasetConfig, run_img2dataset_download
@@ -29,7 +28,7 @@ from pipeline.download.shard import (OVERLAP_SCHEMA, ShardJob, done_shards, down
                                      read_overlap, recover, remove_shard, retry_shard, shard_name, stats_name,
                                      write_table)
 from pipeline.core.errors import WitError
-from pipeline.core.io import clean_tmp, is_url
+from pipeline.core.io import clean_tmp
 from pipeline.core.env import set_quiet_env, worker_env
 from pipeline.core.executor import Resources, ray_session, submit_bounded
 from pipeline.core.parts import progress
@@ -81,32 +80,14 @@ def _result(ray: Any, ref: Any, shard_id: int, cfg: DownloadConfig) -> dict[str,
 
 # ---------------------------------------------------------------- driver
 
-def index_file(location: str | os.PathLike) -> tuple[Folder, str]:
-    """``(folder, file name)`` of an eval index given as its folder (``index.parquet`` inside) or its file,
-    a local path or a URL (a URL not ending in ``.parquet`` is a folder)."""
-    text = str(location).rstrip("/")
-    folder_given = not text.endswith(".parquet") if is_url(text) else Path(text).is_dir()
-    if folder_given:
-        return Folder(text), INDEX_FILE
-    parent, _, name = text.rpartition("/")
-    return Folder(parent or "."), name
-
-
 def load_indexes(eval_indexes: dict[str, str | os.PathLike], cfg: DownloadConfig) -> dict[str, RobustIndex]:
-    """The eval indexes, read on the driver (a remote one through a local copy); tasks get them as shared
-    objects."""
+    """The eval indexes (folders or files, local or URL), read on the driver; tasks get them as shared objects."""
     indexes = {}
     for name, location in eval_indexes.items():
-        folder, file = index_file(location)
-        if not folder.remote:
-            indexes[name] = load_robust_index(Path(location), cfg.max_distance)
-            continue
-        with tempfile.TemporaryDirectory(prefix="wit-eval-") as tmp:
-            try:
-                local = folder.get(file, Path(tmp) / INDEX_FILE)
-            except FileNotFoundError:
-                raise WitError(f"{folder.loc(file)}: eval index '{name}' not found") from None
-            indexes[name] = load_robust_index(local, cfg.max_distance)
+        try:
+            indexes[name] = load_robust_index(location, cfg.max_distance)
+        except WitError as exc:
+            raise WitError(f"eval index '{name}': {exc}") from None
     return indexes
 
 
@@ -114,8 +95,7 @@ def eval_fingerprint(eval_indexes: dict[str, str | os.PathLike], cfg: DownloadCo
     """Identifies the eval indexes (file bytes) and thresholds the stored overlap rows were computed with."""
     digest = hashlib.sha256(f"max_distance={cfg.max_distance} max_dct_distance={cfg.max_dct_distance}".encode())
     for name, location in sorted(eval_indexes.items()):
-        folder, file = index_file(location)
-        digest.update(name.encode() + b"\0" + hashlib.sha256(folder.read_bytes(file)).digest())
+        digest.update(name.encode() + b"\0" + hashlib.sha256(index_bytes(location)).digest())
     return digest.hexdigest()
 
 
