@@ -48,6 +48,10 @@ RUN_TIMEOUT_S = 600
 BUCKET = "wit-cluster"
 N_PAIRS = 300
 PER_SHARD = 16  # many small shards: the download is still running when a node is killed
+#: The Ray tasks of crawl, filter (duplicate shuffle: map, reduce; then the parts), balance (count, decide) and
+#: download: each stage of a build runs its parts on the cluster it is given.
+STAGE_TASKS = {"_crawl_task", "map_part", "reduce_bucket", "filter_task", "_count_task", "_balance_task",
+               "download_shard"}
 
 
 @dataclasses.dataclass
@@ -256,11 +260,11 @@ def miniweb(tmp_path_factory: pytest.TempPathFactory, s3: Any) -> Iterator[Path]
 
 
 def build_config(miniweb: Path, build_dir: str, stages: list[str] | None, remote: bool) -> dict[str, Any]:
-    """The demo's build (flows.demo.demo_config) of this mini-web: crawl on Ray even for two archives."""
+    """The demo's build (flows.demo.demo_config) of this mini-web, as it is but for smaller shards (the download
+    must still be running when a node is killed). On a cluster every stage sends its parts there."""
     archives = sorted((miniweb / "archives").glob("*.gz"))
     inputs = [f"s3://{BUCKET}/inputs/{a.name}" for a in archives] if remote else [str(a) for a in archives]
     config = demo_config(build_dir, inputs, miniweb / "eval", stages)
-    config["crawl"] = {"ray_min_files": 1, "workers": 2}
     config["download"]["number_sample_per_shard"] = PER_SHARD
     return config
 
@@ -381,6 +385,8 @@ def test_build_submitted_as_ray_job(miniweb: Path, local_build: dict[str, Any], 
 
     [job] = [j for j in ray_list(cluster, "jobs") if j["submission_id"] == submission_id]
     assert (job["status"], job["type"]) == ("SUCCEEDED", "SUBMISSION")
+    ran = {t["name"] for t in ray_list(cluster, "tasks", "--filter", "state=FINISHED")}
+    assert STAGE_TASKS <= ran, STAGE_TASKS - ran  # every data stage sent its parts to the cluster
     counts = build_counts(s3_json(s3, prefix))
     assert counts == local_build
     assert_no_lost_or_doubled_samples(s3, prefix, counts)
