@@ -20,7 +20,7 @@ from pipeline.download.stage import run_download
 from pipeline.filter.stage import run_filter
 from pipeline.report import write_report
 from training.eval.overlap import run_overlap
-from training.train import latest_checkpoint, run_train
+from training.train import latest_checkpoint, pull_training, run_train
 
 def crawl(cfg: BuildConfig) -> dict[str, Any]:
     return run_crawl(list(cfg.inputs), cfg.location("candidates"), cfg.crawl).to_dict()
@@ -67,7 +67,7 @@ def overlap(cfg: BuildConfig, checkpoint: str | None = None, model: str | None =
     if cfg.remote:
         cfg.folder().get("overlap/overlap.parquet", cfg.path("overlap", "overlap.parquet"))
         if checkpoint is None:
-            cfg.folder().pull("train", cfg.path("train"), skip=("*.log",))
+            pull_training(cfg.location("train"), cfg.path("train"))
     if checkpoint is None:
         checkpoint, model = latest_checkpoint(cfg.path("train"))
     result = run_overlap(checkpoint, model, dict(cfg.eval_sets), cfg.path("overlap", "overlap.parquet"),

@@ -394,6 +394,16 @@ def _train_to_store(shards_dir: str | Path | None, url: str, cfg: TrainConfig,
     return result
 
 
+def pull_training(url: str, local: str | Path) -> Path:
+    """Copy a training folder on a store to ``local`` for :func:`latest_checkpoint`: everything but the older
+    checkpoints (only the most-trained ``epoch_<n>.pt`` is needed) and the logs."""
+    store = Folder(url)
+    names = store.names(f"{EXPERIMENT}/checkpoints", "epoch_*.pt")
+    epochs = {int(m.group(1)): n for n in names if (m := re.fullmatch(r"epoch_(\d+)\.pt", n))}
+    older = tuple(n for e, n in epochs.items() if e != max(epochs, default=0))
+    return store.pull("", local, skip=older + ("*.log",))
+
+
 def latest_checkpoint(train_dir: str | Path) -> tuple[str, str]:
     """(checkpoint, model name) of the most-trained ``epoch_<n>.pt`` in a training folder of :func:`run_train`."""
     epochs = finished_epochs(train_dir)

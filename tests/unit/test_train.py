@@ -349,3 +349,20 @@ def test_wit_train_cli_options_build_the_config() -> None:
     assert (cfg.preset, cfg.nproc_per_node, cfg.shard_urls, cfg.ray_address) == ("clip", 8, ["s3://b/{0..9}.tar"], "http://h:8265")
     assert cfg.epochs is None and cfg.extra_args == []  # unset: from the preset
     assert config_from_args(T.TrainConfig, make_parser().parse_args(["train", "s", "o"])) == T.TrainConfig()
+
+
+def test_pull_training_copies_only_the_latest_checkpoint(tmp_path: Path) -> None:
+    """The overlap analysis of a build on a store copies the most-trained checkpoint, not every epoch's."""
+    import uuid
+
+    from pipeline.core.storage import Folder
+
+    store = Folder(f"memory://wit-test-{uuid.uuid4().hex[:8]}/train")
+    for epoch in (1, 2, 10):
+        store.write_bytes(f"{T.EXPERIMENT}/checkpoints/epoch_{epoch}.pt", b"weights")
+    store.write_bytes(f"{T.EXPERIMENT}/params.txt", b"model: wit-tiny\n")
+    store.write_bytes(f"{T.EXPERIMENT}/out.log", b"log")
+    T.pull_training(store.location, tmp_path / "train")
+    assert T.finished_epochs(tmp_path / "train") == [10]
+    assert (tmp_path / "train" / T.EXPERIMENT / "params.txt").is_file()
+    assert not (tmp_path / "train" / T.EXPERIMENT / "out.log").exists()
