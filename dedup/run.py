@@ -35,7 +35,6 @@ Every sample is kept or dropped with a reason (``eval_duplicate``); samples that
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import logging
@@ -60,10 +59,11 @@ from dedup.index import INDEX_FILE, EvalIndexConfig, build_eval_index, check_eva
 from dedup.match import MATCH_SCHEMA, MatchConfig, RobustIndex, match_table
 from dedup.phash import HASH_SCHEMA, bytes_hash_columns
 from pipeline.core.config import field
-from pipeline.core.env import cluster_address, worker_env
+from pipeline.core.env import worker_env
 from pipeline.core.errors import WitError
-from pipeline.core.executor import Resources, ray_session, submit_bounded
-from pipeline.core.io import clean_tmp, is_url, one_line, remote_errors, write_json, write_parquet
+from pipeline.core.executor import Resources, ray_result, ray_session, submit_bounded
+from pipeline.core.executor import use_ray as executor_use_ray
+from pipeline.core.io import clean_tmp, is_url, remote_files, write_json, write_parquet
 from pipeline.core.lock import locked
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
 from pipeline.core.stats import StageStats
@@ -119,25 +119,13 @@ def shard_locations(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> li
 
 
 def _remote_shards(url: str) -> list[str]:
-    folder = Folder(url)
-    fs, path = folder.fs, folder.root
-    listable = not url.lower().startswith(("http://", "https://"))  # HTTP URLs name files only
-    try:
-        fs.invalidate_cache()
-        if listable and glob.has_magic(path):
-            names = fs.glob(path)
-        elif listable and fs.isdir(path):
-            names = [e["name"] for e in fs.ls(path, detail=True) if e.get("type") == "file"]
-        elif fs.exists(path):
-            return [fs.unstrip_protocol(path)]  # as a listing names it: one shard, one identity
-        else:
-            raise FileNotFoundError(path)
-    except FileNotFoundError:
-        raise WitError(f"{url}: shard not found") from None
-    except remote_errors() as exc:
-        raise WitError(f"{url}: cannot list ({one_line(exc)})") from None
-    tars = (n for n in sorted(names) if n.endswith(".tar") and not n.rsplit("/", 1)[-1].startswith("."))
-    return [fs.unstrip_protocol(n) for n in tars]
+    """The ``.tar`` URLs of a folder or glob URL, or the URL of the one shard it names (as a listing names it:
+    one shard, one identity)."""
+    fs, path, paths = remote_files(url, "shard not found")
+    if paths is None:
+        return [fs.unstrip_protocol(path)]
+    tars = (p for p in paths if p.endswith(".tar") and not p.rsplit("/", 1)[-1].startswith("."))
+    return [fs.unstrip_protocol(p) for p in tars]
 
 
 def _check_out_dir(tars: list[str], out: Folder, mode: str) -> None:
@@ -300,9 +288,8 @@ def is_done(out: Folder, job: ShardJob, present: set[str]) -> bool:
 
 
 def use_ray(cfg: DedupConfig, n_todo: int) -> bool:
-    """Shards run as Ray tasks when a cluster is given (``ray_address`` or ``$RAY_ADDRESS``), or on a local Ray
-    when two or more are to do and ``workers`` is not 1."""
-    return (n_todo >= 1 and bool(cluster_address(cfg.ray_address))) or (n_todo >= 2 and cfg.workers != 1)
+    """On the cluster given, or on a local Ray for two shards or more when ``workers`` is not 1."""
+    return executor_use_ray(cfg.ray_address, cfg.workers, n_todo)
 
 
 def run_shards(jobs: list[ShardJob], indexes: dict[str, RobustIndex], cfg: DedupConfig) -> Iterator[dict[str, Any]]:
@@ -312,16 +299,9 @@ def run_shards(jobs: list[ShardJob], indexes: dict[str, RobustIndex], cfg: Dedup
         with ThreadPoolExecutor(max_workers=cfg.threads or os.cpu_count() or 1) as pool:
             yield from pool.map(lambda job: dedup_shard(job, indexes, cfg), jobs)
         return
-    import ray
-
     with ray_session(cfg.ray_address, cfg.workers, worker_env()):
         for _, ref in submit_bounded(((dedup_shard, job) for job in jobs), RESOURCES, indexes, cfg, speculate=True):
-            try:
-                yield ray.get(ref)
-            except ray.exceptions.RayTaskError as exc:
-                if isinstance(exc.cause, WitError):
-                    raise WitError(str(exc.cause)) from None
-                raise
+            yield ray_result(ref)
 
 
 # ---------------------------------------------------------------- one shard

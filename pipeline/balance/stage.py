@@ -59,9 +59,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.config import Config, field
-from pipeline.core.env import cluster_address, worker_env
+from pipeline.core.env import worker_env
 from pipeline.core.errors import WitError
-from pipeline.core.executor import Resources, ray_session, submit_bounded
+from pipeline.core.executor import Resources, ray_result, ray_session, submit_bounded
+from pipeline.core.executor import use_ray as executor_use_ray
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
 from pipeline.core.io import (InputSpec, Part, RemotePart, checked_parts, clean_tmp, open_parquet, part_folder,
                               part_name, write_parquet)
@@ -163,9 +164,8 @@ _WORKER_MATCHER: dict[str, QueryMatcher] = {}  # the automaton a worker process 
 
 
 def use_ray(cfg: BalanceConfig, n_todo: int) -> bool:
-    """Parts run as Ray tasks when a cluster is given (``ray_address`` or ``$RAY_ADDRESS``), or locally when
-    there are two or more to do and ``workers`` is not 1."""
-    return (n_todo >= 1 and bool(cluster_address(cfg.ray_address))) or (n_todo >= 2 and cfg.workers != 1)
+    """On the cluster given, or on a local Ray for two parts or more when ``workers`` is not 1."""
+    return executor_use_ray(cfg.ray_address, cfg.workers, n_todo)
 
 
 class PartTasks:
@@ -188,17 +188,7 @@ class PartTasks:
             self.started = True
         done = submit_bounded(((fn, item) for item in items), RESOURCES, *shared, speculate=True)
         for item, ref in progress(done, desc, total=len(items), enabled=self.cfg.progress):
-            yield item, _task_result(ray, ref)
-
-
-def _task_result(ray: Any, ref: Any) -> Any:
-    """A task's result; a task's WitError is raised again as its one line (not Ray's traceback)."""
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, WitError):
-            raise WitError(str(exc.cause)) from None
-        raise
+            yield item, ray_result(ref, ray)
 
 
 def worker_matcher(matcher: QueryMatcher) -> QueryMatcher:

@@ -15,6 +15,8 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Mapping
 from unittest import mock
 
+from pipeline.core.env import cluster_address
+from pipeline.core.errors import WitError
 from pipeline.core.io import remote_errors
 
 
@@ -171,6 +173,39 @@ class Resources:
         if self.memory_mb:
             options["memory"] = self.memory_mb << 20
         return options
+
+
+def use_ray(address: str | None, workers: int, n_todo: int, min_local: int = 2) -> bool:
+    """Whether a stage runs its ``n_todo`` parts on Ray: always on a cluster it is given (``address`` or
+    ``$RAY_ADDRESS``), on a local Ray when there are ``min_local`` or more and ``workers`` is not 1, else in
+    this process."""
+    if n_todo < 1:
+        return False
+    return bool(cluster_address(address or "")) or (n_todo >= min_local and workers != 1)
+
+
+def ray_result(ref: Any, ray: Any = None) -> Any:
+    """A task's result; a task's WitError is raised again as its one line (not Ray's traceback)."""
+    if ray is None:
+        import ray
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, WitError):
+            raise WitError(str(exc.cause)) from None
+        raise
+
+
+def run_parts(fn: Callable[..., Any], items: Iterable[Any], resources: Resources, *shared: Any,
+              on_ray: bool, speculate: bool = False) -> Iterator[tuple[Any, Any]]:
+    """``(item, fn(item, *shared))`` for every item: as Ray tasks in the order they finish (in the caller's
+    :func:`ray_session`; see :func:`submit_bounded`), or in this process, in order."""
+    if not on_ray:
+        for item in items:
+            yield item, fn(item, *shared)
+        return
+    for item, ref in submit_bounded(((fn, item) for item in items), resources, *shared, speculate=speculate):
+        yield item, ray_result(ref)
 
 
 def submit_bounded(tasks: Iterable[tuple[Callable[..., Any], Any]], resources: Resources, *shared: Any,

@@ -157,6 +157,17 @@ def _local_parts(text: str) -> list[Path]:
 
 def _remote_parts(url: str) -> list[RemotePart]:
     """The parts an fsspec URL names (listed afresh: the filesystem's listing cache is dropped first)."""
+    fs, path, paths = remote_files(url, f"not found ({_HINT})")
+    if paths is None:
+        return [RemotePart(url, path, fs)]
+    names = [p for p in paths if is_part_name(p.rsplit("/", 1)[-1])]
+    return [RemotePart(fs.unstrip_protocol(name), name, fs) for name in names]
+
+
+def remote_files(url: str, missing: str = "not found") -> tuple[Any, str, list[str] | None]:
+    """``(filesystem, path, files)`` of an fsspec URL, listed afresh (the listing cache dropped first): the
+    sorted paths of a folder's files or a glob's matches, or None when the URL names one file. One-line
+    WitErrors: ``<url>: <missing>``, or why it cannot be listed."""
     fs, path = _filesystem(url)
     listable = not url.lower().startswith(("http://", "https://"))  # HTTP URLs name files only
     try:
@@ -166,15 +177,14 @@ def _remote_parts(url: str) -> list[RemotePart]:
         elif listable and fs.isdir(path):
             entries = fs.ls(path, detail=True)
         elif fs.exists(path):
-            return [RemotePart(url, path, fs)]
+            return fs, path, None
         else:
             raise FileNotFoundError(path)
     except FileNotFoundError:
-        raise WitError(f"{url}: not found ({_HINT})") from None
+        raise WitError(f"{url}: {missing}") from None
     except remote_errors() as exc:
         raise WitError(f"{url}: cannot list ({one_line(exc)})") from None
-    names = sorted(e["name"] for e in entries if e.get("type") == "file" and is_part_name(e["name"].rsplit("/", 1)[-1]))
-    return [RemotePart(fs.unstrip_protocol(name), name, fs) for name in names]
+    return fs, path, sorted(e["name"] for e in entries if e.get("type") == "file")
 
 
 def _filesystem(url: str) -> tuple[Any, str]:

@@ -18,8 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.errors import WitError
-from pipeline.core.env import cluster_address, worker_env
+from pipeline.core.env import worker_env
 from pipeline.core.executor import Resources, ray_session, submit_bounded
+from pipeline.core.executor import use_ray as executor_use_ray
 from pipeline.core.io import atomic_path, clean_tmp
 from pipeline.core.lock import locked
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
@@ -76,11 +77,8 @@ def _prepare(out_dir: str | os.PathLike) -> Folder:
 
 
 def use_ray(cfg: CrawlConfig, n_todo: int) -> bool:
-    """Crawl on Ray when a cluster is given (``ray_address`` or ``$RAY_ADDRESS``), or locally when there are at
-    least ``ray_min_files`` archives to do and more than one worker."""
-    if n_todo == 0:
-        return False
-    return bool(cluster_address(cfg.ray_address or "")) or (cfg.workers != 1 and n_todo >= cfg.ray_min_files)
+    """On the cluster given, or on a local Ray for ``ray_min_files`` archives or more when ``workers`` is not 1."""
+    return executor_use_ray(cfg.ray_address, cfg.workers, n_todo, min_local=cfg.ray_min_files)
 
 
 RESOURCES = Resources(cpus=1, memory_mb=1024)  # one archive streamed at a time; bounded buffers

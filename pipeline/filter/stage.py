@@ -34,9 +34,9 @@ from pipeline.filter.rules import (RULE_ORDER, Batch, ControlCharsRule, Duplicat
                                     TooFewWordsRule,
                                     TooLongRule, TooManyWordsRule, TooShortRule)
 from pipeline.core.config import Config, field
-from pipeline.core.env import cluster_address, worker_env
-from pipeline.core.errors import WitError
-from pipeline.core.executor import Resources, ray_session, submit_bounded
+from pipeline.core.env import worker_env
+from pipeline.core.executor import Resources, ray_session, run_parts
+from pipeline.core.executor import use_ray as executor_use_ray
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
 from pipeline.core.io import InputSpec, Part, atomic_path, checked_parts, clean_tmp, open_parquet, part_name
 from pipeline.core.stats import StageStats
@@ -142,9 +142,8 @@ def _prepare(out_dir: str | os.PathLike) -> Folder:
 
 
 def use_ray(cfg: FilterConfig, n_todo: int) -> bool:
-    """Filter on Ray when a cluster is given (``ray_address`` or ``$RAY_ADDRESS``), or locally when there are two
-    parts or more to do and ``workers`` is not 1."""
-    return (n_todo >= 1 and bool(cluster_address(cfg.ray_address))) or (n_todo >= 2 and cfg.workers != 1)
+    """On the cluster given, or on a local Ray for two parts or more when ``workers`` is not 1."""
+    return executor_use_ray(cfg.ray_address, cfg.workers, n_todo)
 
 
 
@@ -161,22 +160,9 @@ T = TypeVar("T")
 
 def run_tasks(fn: Callable[..., Any], items: Iterable[T], resources: Resources, shared: tuple[Any, ...],
               on_ray: bool) -> Iterator[tuple[T, Any]]:
-    """``(item, fn(item, *shared))`` for every item: as Ray tasks (in the order they finish) or in this
-    process, in order. A task's WitError is raised as it is (one line)."""
-    if not on_ray:
-        for item in items:
-            yield item, fn(item, *shared)
-        return
-    import ray
-
-    for item, ref in submit_bounded(((fn, item) for item in items), resources, *shared, speculate=True):
-        try:
-            result = ray.get(ref)
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, WitError):
-                raise exc.cause from None
-            raise
-        yield item, result
+    """``(item, fn(item, *shared))`` for every item, on Ray or in this process (:func:`run_parts`); filter tasks
+    are a function of their input, so a straggler runs twice and the first copy wins."""
+    return run_parts(fn, items, resources, *shared, on_ray=on_ray, speculate=True)
 
 
 def find_repeats(parts: list[Part], todo: list[int], work: Folder, cfg: FilterConfig, on_ray: bool) -> Shuffle:

@@ -17,10 +17,11 @@ import pytest
 from ray.exceptions import RayTaskError
 
 from pipeline.balance.queries import QueryMatcher, make_matcher
-from pipeline.balance.stage import (BalanceConfig, PartTasks, _task_result, kept_name, run_balance, use_ray,
+from pipeline.balance.stage import (BalanceConfig, PartTasks, kept_name, run_balance, use_ray,
                                     worker_matcher)
 from pipeline.core.config import output_options
 from pipeline.core.env import worker_env
+from pipeline.core.executor import ray_result
 from pipeline.core.errors import WitError
 from pipeline.core.storage import Folder
 from pipeline.crawl.extract import make_uid
@@ -159,7 +160,7 @@ def test_a_task_error_is_its_one_line() -> None:
         return types.SimpleNamespace(get=get, exceptions=types.SimpleNamespace(RayTaskError=RayTaskError))
 
     with pytest.raises(WitError) as caught:
-        _task_result(fails(WitError("s3://b/in/p.parquet: row 3 of a batch has no uid")), "ref")
+        ray_result("ref", fails(WitError("s3://b/in/p.parquet: row 3 of a batch has no uid")))
     assert str(caught.value) == "s3://b/in/p.parquet: row 3 of a batch has no uid"
     with pytest.raises(RayTaskError):
-        _task_result(fails(ValueError("a bug")), "ref")
+        ray_result("ref", fails(ValueError("a bug")))
