@@ -41,7 +41,6 @@ import logging
 import os
 import shutil
 import tarfile
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -67,7 +66,7 @@ from pipeline.core.io import clean_tmp, is_url, remote_files, write_json, write_
 from pipeline.core.lock import locked
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
 from pipeline.core.stats import StageStats
-from pipeline.core.storage import SCRATCH_ENV, Folder
+from pipeline.core.storage import Folder, scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +181,7 @@ class ShardInput:
             return path if path.is_file() else None
         if name not in self.copies:
             if self.scratch is None:
-                scratch = os.environ.get(SCRATCH_ENV) or None
-                if scratch:
-                    Path(scratch).mkdir(parents=True, exist_ok=True)
-                self.scratch = Path(tempfile.mkdtemp(prefix="wit-dedup-", dir=scratch))
+                self.scratch = scratch_dir("wit-dedup-")
             try:
                 self.copies[name] = self.folder.get(name, self.scratch / name)
             except FileNotFoundError:

@@ -37,6 +37,22 @@ def local_copy(url: str, kind: str) -> Path:
     return Path(os.environ.get(SCRATCH_ENV) or tempfile.gettempdir()) / f"wit-{kind}-{digest}"
 
 
+def scratch_dir(prefix: str) -> Path:
+    """A new private folder on this node's own disk: in ``$WIT_SCRATCH`` (made when missing), else the temp
+    folder. The caller removes it."""
+    scratch = os.environ.get(SCRATCH_ENV) or None
+    if scratch:
+        Path(scratch).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=scratch))
+
+
+def commit_order(root: Path) -> list[str]:
+    """The files under ``root`` (relative, ``/``-separated) in the order they are published: data first, commit
+    markers (:func:`is_marker`) last."""
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    return [f for f in files if not is_marker(f)] + [f for f in files if is_marker(f)]
+
+
 def is_marker(relpath: str) -> bool:
     """A commit marker: published after every other file of its task (a part's sidecar, a shard's stats)."""
     return relpath.startswith("_parts/") or "/_parts/" in relpath or relpath.endswith("_stats.json")
@@ -186,12 +202,13 @@ class Folder:
             return
         self.write_bytes(name, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
-    def put(self, local: str | os.PathLike, name: str) -> None:
-        """Move the local file ``local`` to ``name`` (a rename on a local disk, an upload to a store)."""
+    def put(self, local: str | os.PathLike, name: str, keep: bool = False) -> None:
+        """Move the local file ``local`` to ``name`` (a rename on a local disk, an upload to a store), or with
+        ``keep`` copy it."""
         if not self.remote:
             target = Path(self.loc(name))
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(local, target)
+            shutil.copyfile(local, target) if keep else os.replace(local, target)
             return
         self._call(name, self.fs.put_file, str(local), self._key(name))
 
@@ -212,10 +229,7 @@ class Folder:
         """A local folder to write a task's outputs into, laid out as in this folder; published on success
         (:meth:`publish`, commit markers last), removed either way."""
         if self.remote:
-            scratch = os.environ.get(SCRATCH_ENV) or None
-            if scratch:
-                Path(scratch).mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix="wit-stage-", dir=scratch))
+            tmp = scratch_dir("wit-stage-")
         else:
             self.ensure()
             tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}stage.", dir=self.location))
@@ -226,26 +240,18 @@ class Folder:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def publish(self, staged: Path) -> list[str]:
-        """Move every file of the local folder ``staged`` to the same place here: data first, commit markers
-        (:func:`is_marker`) last. Returns the published names."""
-        files = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
-        ordered = [f for f in files if not is_marker(f)] + [f for f in files if is_marker(f)]
+        """Move every file of the local folder ``staged`` to the same place here (:func:`commit_order`: commit
+        markers last). Returns the published names."""
+        ordered = commit_order(staged)
         for rel in ordered:
             self.put(staged / rel, rel)
         return ordered
 
     def push(self, local: str | os.PathLike, sub: str = "") -> None:
         """Copy the local tree ``local`` into ``sub`` (markers last); the local files stay."""
-        local = Path(local)
-        files = sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file())
-        target = self / sub if sub else self
-        for rel in [f for f in files if not is_marker(f)] + [f for f in files if is_marker(f)]:
-            if target.remote:
-                target._call(rel, target.fs.put_file, str(local / rel), target._key(rel))
-            else:
-                dst = Path(target.loc(rel))
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(local / rel, dst)
+        local, target = Path(local), self / sub if sub else self
+        for rel in commit_order(local):
+            target.put(local / rel, rel, keep=True)
 
     # ------------------------------------------------------------------ errors
 

@@ -18,7 +18,6 @@ import math
 import os
 import shutil
 import tarfile
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -36,7 +35,7 @@ from pipeline.download.image import ImageProcessor
 from pipeline.download.fetch import Fetched, map_unordered, new_fetcher
 from pipeline.download.reasons import Dropped, is_retryable
 from pipeline.core.io import Part, open_parquet, write_json, write_parquet
-from pipeline.core.storage import SCRATCH_ENV, Folder
+from pipeline.core.storage import Folder, scratch_dir
 
 SHARD_DIGITS = 5  # img2dataset's oom_shard_count: shard names 00000..99999
 WORK_DIR = "_work"
@@ -297,10 +296,7 @@ def _staging(job: ShardJob) -> Iterator[Path]:
     """A private folder to build the shard in, removed afterwards: ``_work/<shard>-<token>/`` in a local shards
     folder (renames commit it), a temporary folder on this node (``$WIT_SCRATCH``) for a store."""
     if job.folder.remote:
-        scratch = os.environ.get(SCRATCH_ENV) or None
-        if scratch:
-            Path(scratch).mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix=f"{job.name}-", dir=scratch))
+        path = scratch_dir(f"{job.name}-")
     else:
         path = job.folder.path / WORK_DIR / f"{job.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         path.mkdir(parents=True)

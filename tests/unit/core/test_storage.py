@@ -114,3 +114,17 @@ def test_every_store_call_fails_in_one_line(monkeypatch, call: str) -> None:
             "exists": ("a",)}[call]
     with pytest.raises(StoreError, match=r"memory://.*/build/(_work|a).*Could not connect"):
         getattr(folder, call)(*args)
+
+
+def test_push_copies_a_tree_markers_last_and_keeps_it(folder: Folder, tmp_path, monkeypatch) -> None:
+    local = tmp_path / "train"
+    (local / "exp" / "checkpoints").mkdir(parents=True)
+    (local / "exp" / "checkpoints" / "epoch_1.pt").write_bytes(b"w")
+    (local / "_stats.json").write_text("{}")
+    order: list[str] = []
+    real_put = Folder.put
+    monkeypatch.setattr(Folder, "put", lambda self, src, name, keep=False: (order.append(name),
+                                                                           real_put(self, src, name, keep)))
+    folder.push(local, "train")
+    assert order == ["exp/checkpoints/epoch_1.pt", "_stats.json"]
+    assert folder.read_bytes("train/exp/checkpoints/epoch_1.pt") == b"w" and (local / "_stats.json").is_file()
