@@ -61,7 +61,7 @@ import pyarrow.parquet as pq
 from pipeline.core.config import Config, field
 from pipeline.core.env import worker_env
 from pipeline.core.errors import WitError
-from pipeline.core.executor import Resources, ray_result, ray_session, submit_bounded
+from pipeline.core.executor import Resources, ray_session, run_parts
 from pipeline.core.executor import use_ray as executor_use_ray
 from pipeline.core.parts import PARTS_DIR, PartStore, file_identity, progress, run_key
 from pipeline.core.io import (InputSpec, Part, RemotePart, checked_parts, clean_tmp, open_parquet, part_folder,
@@ -169,7 +169,7 @@ def use_ray(cfg: BalanceConfig, n_todo: int) -> bool:
 
 
 class PartTasks:
-    """Maps a function over parts: as Ray tasks (:func:`submit_bounded`, one Ray session for the whole run,
+    """Maps a function over parts: as Ray tasks (:func:`run_parts`, one Ray session for the whole run,
     started on first need in ``stack``), or in this process through the same function (:func:`use_ray`)."""
 
     def __init__(self, cfg: BalanceConfig, env: dict[str, str], stack: contextlib.ExitStack) -> None:
@@ -177,18 +177,12 @@ class PartTasks:
 
     def map(self, fn: Callable[..., T], items: list[Any], desc: str, *shared: Any) -> Iterator[tuple[Any, T]]:
         """``(item, fn(item, *shared))`` per item, in order of completion; ``shared`` is sent to Ray once."""
-        if not use_ray(self.cfg, len(items)):
-            for item in progress(items, desc, enabled=self.cfg.progress):
-                yield item, fn(item, *shared)
-            return
-        import ray
-
-        if not self.started:
+        on_ray = use_ray(self.cfg, len(items))
+        if on_ray and not self.started:
             self.stack.enter_context(ray_session(self.cfg.ray_address, self.cfg.workers, self.env))
             self.started = True
-        done = submit_bounded(((fn, item) for item in items), RESOURCES, *shared, speculate=True)
-        for item, ref in progress(done, desc, total=len(items), enabled=self.cfg.progress):
-            yield item, ray_result(ref, ray)
+        done = run_parts(fn, items, RESOURCES, *shared, on_ray=on_ray, speculate=True)
+        yield from progress(done, desc, total=len(items), enabled=self.cfg.progress)
 
 
 def worker_matcher(matcher: QueryMatcher) -> QueryMatcher:

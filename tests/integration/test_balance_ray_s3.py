@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from s3server import s3_server
 
-from pipeline.balance import stage
+from pipeline.core import executor
 from pipeline.balance.queries import STOPWORDS
 from pipeline.balance.stage import BalanceConfig, run_balance
 from pipeline.core.storage import Folder
@@ -106,8 +106,8 @@ def ray_maps(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append(tasks[0][0].__name__)
         return stage_submit(tasks, *args, **kwargs)
 
-    stage_submit = stage.submit_bounded
-    monkeypatch.setattr(stage, "submit_bounded", spy)
+    stage_submit = executor.submit_bounded  # what the stage's run_parts calls for Ray tasks
+    monkeypatch.setattr(executor, "submit_bounded", spy)
     return calls
 
 
